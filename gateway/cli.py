@@ -1,0 +1,159 @@
+"""Command lines of the three entry scripts. Parsing only; the work happens in the modules they start."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+import aiohttp
+
+from generators import Generator
+
+from .config import ConfigError, Settings, load_settings
+from .server import serve, uvicorn_config
+
+log = logging.getLogger("gateway")
+
+
+def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("host", help="address to listen on, e.g. 127.0.0.1")
+    parser.add_argument("port", type=int, help="port to listen on")
+    parser.add_argument("--config", default=None, metavar="PATH", help="settings file (default: env.yaml)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=None, help="comma-separated model names to serve "
+                        "(default: the generator's own list)")
+    parser.add_argument("--svc-name", default=None, help="Consul service name (default: the generator's)")
+    parser.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                        help="requests served at once; more wait in a bounded queue, then get 429")
+
+
+def _setup(args: argparse.Namespace) -> Settings:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return load_settings(args.config)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def import_generator(dotted: str) -> type[Generator]:
+    module_name, _, class_name = dotted.rpartition(".")
+    if not module_name:
+        raise ValueError(f"'{dotted}' is not a dotted path like generators.echo.EchoGen")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import '{dotted}': {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Generator)):
+        raise ValueError(f"'{dotted}' is not a Generator subclass")
+    return cls
+
+
+def _split(models: str | None) -> list[str] | None:
+    return [m.strip() for m in models.split(",") if m.strip()] if models else None
+
+
+def template_worker(argv: Sequence[str]) -> int:
+    parser = _base_parser("template_worker.py", "Host a Generator class as an OpenAI-compatible worker.")
+    parser.add_argument("generator", help="dotted path of a Generator class, e.g. generators.echo.EchoGen")
+    _worker_options(parser)
+    args, _ = parser.parse_known_args(argv)
+    try:
+        cls = import_generator(args.generator)
+    except ValueError as exc:
+        return _fail(str(exc))
+    cls.add_arguments(parser)
+    args = parser.parse_args(argv)
+    known = {a.dest for a in _base_parser("", "")._actions} | {"generator", "models", "svc_name", "max_concurrency"}
+    options = {k: v for k, v in vars(args).items() if k not in known}
+    try:
+        settings = _setup(args)
+        generator = cls(models=_split(args.models), **options)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    return _run_worker(args, settings, generator)
+
+
+def openai_worker(argv: Sequence[str]) -> int:
+    from generators.openai_upstream import OpenAIUpstreamGen, parse_aliases
+
+    parser = _base_parser("openai_worker.py", "Relay an OpenAI-compatible upstream as a worker.")
+    _worker_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        settings = _setup(args)
+        generator = OpenAIUpstreamGen(aliases=parse_aliases(args.models), upstream=settings.openai)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    return _run_worker(args, settings, generator)
+
+
+def _run_worker(args: argparse.Namespace, settings: Settings, generator: Generator) -> int:
+    from svc_mgr import ConsulUnreachable
+    from .worker_app import Worker
+
+    if args.max_concurrency is not None:
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+            update={"max_concurrency": args.max_concurrency})})
+    worker = Worker(generator, settings)
+    service = args.svc_name or generator.default_service_name()
+    try:
+        return asyncio.run(_serve_worker(args, settings, worker, service))
+    except ConsulUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve_worker(args: argparse.Namespace, settings: Settings, worker, service: str) -> int:
+    from svc_mgr import Registration
+
+    if settings.worker.secret is None:
+        log.warning("no worker secret set (worker.secret or WORKER_SECRET): anyone who can reach this port "
+                    "can call the model")
+    advertised = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    registration: Registration | None = None
+
+    async def after_start() -> None:
+        nonlocal registration
+        health = f"http://{advertised}:{args.port}/health"
+        async with aiohttp.ClientSession() as session, session.get(health) as resp:
+            resp.raise_for_status()
+        registration = Registration(settings.consul, settings.worker, name=service, host=advertised,
+                                    port=args.port, models=worker.generator.models, health_url=health)
+        try:
+            await registration.register()
+        except BaseException:
+            await registration.close()
+            raise
+        registration.start_keepalive()
+
+    async def before_stop() -> None:
+        if registration is not None:
+            await registration.deregister()
+            await registration.close()
+
+    config = uvicorn_config(worker.app(), args.host, args.port, drain_seconds=settings.worker.drain_seconds)
+    return await serve(config, after_start=after_start, before_stop=before_stop)
+
+
+def wrapper(argv: Sequence[str]) -> int:
+    from .wrapper_app import Wrapper
+
+    parser = _base_parser("main_openai_wrapper_v2.py", "The OpenAI-compatible gateway in front of the workers.")
+    args = parser.parse_args(argv)
+    try:
+        settings = _setup(args)
+        app = Wrapper(settings).app()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    log.info("wrapper listening on http://%s:%s/v1 (Consul at %s)", args.host, args.port, settings.consul.address)
+    return asyncio.run(serve(uvicorn_config(app, args.host, args.port, drain_seconds=settings.worker.drain_seconds)))

@@ -1,0 +1,61 @@
+"""Starlette glue shared by the worker and the wrapper: JSON responses, errors, bounded bodies."""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import wire
+from .errors import InvalidRequest, OpenAIError, error_json, error_status
+
+JSON = "application/json"
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(wire.dumps(obj), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(exc: BaseException) -> Response:
+    headers = exc.headers if isinstance(exc, OpenAIError) else None
+    return Response(error_json(exc), status_code=error_status(exc), media_type=JSON, headers=headers)
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 404:
+            exc = OpenAIError(f"Unknown request URL: {request.method} {request.url.path}.",
+                              status=404, type="invalid_request_error", code="unknown_url")
+        elif exc.status_code == 405:
+            exc = OpenAIError(f"Method {request.method} is not allowed for {request.url.path}.",
+                              status=405, type="invalid_request_error", code="method_not_allowed")
+        else:
+            exc = OpenAIError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+    return error_response(exc)
+
+
+EXCEPTION_HANDLERS = {HTTPException: _handle, OpenAIError: _handle, Exception: _handle}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than `limit` bytes with a 413 before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length is not a number.")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> OpenAIError:
+    return OpenAIError(f"The request body is larger than {limit} bytes.", status=413,
+                       type="invalid_request_error", code="request_too_large")

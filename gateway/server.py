@@ -1,0 +1,79 @@
+"""Running an app under uvicorn with the start-up and shutdown order the gateway needs."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any, Awaitable, Callable, Iterator
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server whose SIGINT/SIGTERM first run `before_stop` (a worker deregisters there), then
+    drain as uvicorn does, and which exits normally instead of re-raising the signal."""
+
+    before_stop: Hook | None = None
+    _stopping: asyncio.Task | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self._stopping is not None:
+            if sig == signal.SIGINT:
+                self.force_exit = True
+            return
+        log.info("received %s; stopping", signal.Signals(sig).name)
+        self._stopping = asyncio.get_running_loop().create_task(self._stop())
+
+    async def _stop(self) -> None:
+        try:
+            if self.before_stop is not None:
+                await self.before_stop()
+        finally:
+            self.should_exit = True
+
+
+def uvicorn_config(app: Any, host: str, port: int, *, drain_seconds: float = 10.0) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        access_log=False, log_config=None,
+        # longer than the wrapper's pooled keep-alive (30 s): the wrapper closes idle connections first
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=drain_seconds,
+    )
+
+
+async def serve(config: uvicorn.Config, *, after_start: Hook | None = None, before_stop: Hook | None = None) -> int:
+    """Serve until SIGINT/SIGTERM. `after_start` runs once the port is bound; if it raises, the server
+    stops and the exception propagates. Returns 0 after a clean stop, 1 if the server could not start."""
+    server = _Server(config)
+    server.before_stop = before_stop
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            return 1  # uvicorn already logged why (port in use, lifespan failure...)
+        await asyncio.sleep(0.02)
+    if after_start is not None:
+        try:
+            await after_start()
+        except BaseException:
+            server.should_exit = True
+            await task
+            raise
+    await task
+    return 0

@@ -1,0 +1,213 @@
+"""OpenAI wire shapes: the only module that knows what requests and responses look like."""
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import orjson
+
+from .errors import InvalidRequest
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+# What each endpoint's body must carry besides `model`, for routing and validation.
+INPUT_FIELD = {"chat": "messages", "completion": "prompt", "embedding": "input"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{os.urandom(12).hex()}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def sse_event(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+# ---- requests -------------------------------------------------------------------------------
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def require_routing_fields(body: dict[str, Any], kind: str) -> str:
+    """Check what routing needs and return the model name; everything else passes through untouched."""
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string.", param="model", code="invalid_type")
+    field = INPUT_FIELD[kind]
+    if field not in body:
+        raise InvalidRequest(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
+    return model
+
+
+def is_stream(body: dict[str, Any]) -> bool:
+    return body.get("stream") is True
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and opts.get("include_usage") is True
+
+
+# ---- responses ------------------------------------------------------------------------------
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_message(content: str | None, tool_calls: list[dict] | None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def chat_completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None) -> dict:
+    out = {"id": cid, "object": "chat.completion", "created": created, "model": model, "choices": choices}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def chat_choice(index: int, message: dict, finish_reason: str) -> dict:
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chat_chunk(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None = None) -> dict:
+    out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def chat_chunk_choice(index: int, delta: dict, finish_reason: str | None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def text_completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None) -> dict:
+    out = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def text_choice(index: int, text: str, finish_reason: str | None) -> dict:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+def encode_vector(vector: Sequence[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        # OpenAI's base64 format: little-endian float32, as the SDK decodes it.
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return [float(x) for x in vector]
+
+
+def embedding_list(model: str, vectors: Iterable[Sequence[float]], encoding_format: str, prompt_tokens: int) -> dict:
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode_vector(v, encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def model_entry(name: str, created: int, owned_by: str) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+
+
+def model_list(entries: list[dict]) -> dict:
+    return {"object": "list", "data": entries}
+
+
+# ---- field checks ---------------------------------------------------------------------------
+# Only types and ranges of well-known fields are checked; no value is added, changed or dropped.
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _messages_ok(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) for m in v)
+
+
+def _prompt_ok(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and len(v) > 0 and all(isinstance(p, str) for p in v))
+
+
+def _stop_ok(v: Any) -> bool:
+    return v is None or isinstance(v, str) or (isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v))
+
+
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "messages": (_messages_ok, "'messages' must be a non-empty array of message objects, each with a 'role'."),
+    "prompt": (_prompt_ok, "'prompt' must be a string or a non-empty array of strings."),
+    "input": (_prompt_ok, "'input' must be a string or a non-empty array of strings."),
+    "n": (lambda v: v is None or (_is_int(v) and v >= 1), "'n' must be an integer of at least 1."),
+    "max_tokens": (lambda v: v is None or (_is_int(v) and v >= 1), "'max_tokens' must be a positive integer."),
+    "max_completion_tokens": (lambda v: v is None or (_is_int(v) and v >= 1),
+                              "'max_completion_tokens' must be a positive integer."),
+    "temperature": (lambda v: v is None or (_is_number(v) and 0 <= v <= 2), "'temperature' must be a number from 0 to 2."),
+    "top_p": (lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "'top_p' must be a number from 0 to 1."),
+    "stop": (_stop_ok, "'stop' must be a string or an array of up to 4 strings."),
+    "stream_options": (lambda v: v is None or isinstance(v, dict), "'stream_options' must be an object."),
+    "encoding_format": (lambda v: v is None or v in ("float", "base64"), "'encoding_format' must be 'float' or 'base64'."),
+    "tools": (lambda v: v is None or isinstance(v, list), "'tools' must be an array."),
+}
+
+_FIELDS = {
+    "chat": ("messages", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+             "stream_options", "tools"),
+    "completion": ("prompt", "n", "max_tokens", "temperature", "top_p", "stop", "stream_options"),
+    "embedding": ("input", "encoding_format"),
+}
+
+
+def check_fields(body: dict[str, Any], kind: str, max_n: int, max_inputs: int) -> None:
+    """400 with `param` for a well-known field of the wrong type or an absurd value."""
+    for name in _FIELDS[kind]:
+        if name in body:
+            ok, message = _CHECKS[name]
+            if not ok(body[name]):
+                raise InvalidRequest(message, param=name, code="invalid_value")
+    n = body.get("n")
+    if _is_int(n) and n > max_n:
+        raise InvalidRequest(f"'n' may be at most {max_n}.", param="n", code="invalid_value")
+    inputs = body.get("input")
+    if isinstance(inputs, list) and len(inputs) > max_inputs:
+        raise InvalidRequest(f"'input' may hold at most {max_inputs} items.", param="input", code="invalid_value")

@@ -1,0 +1,270 @@
+"""The worker's HTTP app: OpenAI endpoints in front of one Generator."""
+from __future__ import annotations
+
+import contextlib
+import hmac
+from contextlib import aclosing
+from typing import Any, AsyncIterator, Callable
+
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from generators import Generator
+from generators.base import Delta, Output
+
+from . import wire
+from .config import Settings
+from .errors import InvalidRequest, NotFound, Unauthorized
+from .http import EXCEPTION_HANDLERS, json_response, read_body
+from .limits import ConcurrencyLimit
+
+SECRET_HEADER = "x-worker-secret"
+
+
+class Worker:
+    """Holds the Generator and the settings the endpoints need; one per process."""
+
+    def __init__(self, generator: Generator, settings: Settings) -> None:
+        self.generator = generator
+        self.settings = settings
+        self.models: frozenset[str] = frozenset()  # set at start-up: a proxy learns its models then
+        self.forwards = callable(getattr(generator, "forward", None))
+        self.limit = ConcurrencyLimit(settings.worker.max_concurrency, settings.worker.max_queue)
+        self._secret = settings.worker.secret.encode() if settings.worker.secret else None
+
+    # ---- request checks ----------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if self._secret is None:
+            return
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, self._secret):
+            raise Unauthorized("This worker accepts calls only from its wrapper.", code="invalid_worker_secret")
+
+    async def _parse(self, request: Request, kind: str) -> tuple[dict[str, Any], str, bytes]:
+        self._authorize(request)
+        raw = await read_body(request, self.settings.wrapper.max_body_bytes)
+        body = wire.parse_body(raw)
+        model = wire.require_routing_fields(body, kind)
+        wire.check_fields(body, kind, self.settings.wrapper.max_n, self.settings.wrapper.max_embedding_inputs)
+        if model not in self.models:
+            raise NotFound(f"The model '{model}' does not exist on this worker.", param="model",
+                           code="model_not_found")
+        if not self.generator.supports(kind):
+            raise InvalidRequest(f"The model '{model}' does not support {kind} requests.",
+                                 param="model", code="unsupported_capability")
+        return body, model, raw
+
+    # ---- endpoints ---------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, "chat")
+
+    async def completion(self, request: Request) -> Response:
+        return await self._generate(request, "completion")
+
+    async def _generate(self, request: Request, kind: str) -> Response:
+        body, model, raw = await self._parse(request, kind)
+        if self.forwards:
+            return await self._forward(kind, body, raw)
+        if wire.is_stream(body):
+            events = self._events(kind, body, model)
+            # a failure before the first event is still a plain HTTP error
+            return EventSourceResponse(await _started(events), sep="\n")
+        async with self.limit:
+            answers = [await self.generator.answer(kind, body) for _ in range(body.get("n") or 1)]
+        return json_response(self._whole(kind, body, model, answers))
+
+    async def _forward(self, kind: str, body: dict[str, Any], raw: bytes) -> Response:
+        """A proxy generator answers with its upstream's bytes, relayed as they come."""
+        release = await self.limit.hold()
+        try:
+            forwarded = await self.generator.forward(kind, body, raw)  # type: ignore[attr-defined]
+            chunks = await _started(_then(forwarded.body, release))
+        except BaseException:
+            release()
+            raise
+        if forwarded.content_type.startswith("text/event-stream"):
+            return StreamingResponse(chunks, status_code=forwarded.status, media_type="text/event-stream")
+        return Response(b"".join([c async for c in chunks]), status_code=forwarded.status,
+                        media_type=forwarded.content_type)
+
+    async def embeddings(self, request: Request) -> Response:
+        body, model, raw = await self._parse(request, "embedding")
+        if self.forwards:
+            return await self._forward("embedding", body, raw)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        async with self.limit:
+            result = await self.generator.embeddings(body, inputs)
+        if len(result.vectors) != len(inputs):
+            raise RuntimeError(f"{type(self.generator).__name__}.embed returned {len(result.vectors)} vectors "
+                               f"for {len(inputs)} inputs")
+        tokens = result.usage.prompt_tokens if result.usage else sum(map(self.generator.count_tokens, inputs))
+        return json_response(wire.embedding_list(model, result.vectors, body.get("encoding_format") or "float", tokens))
+
+    async def models_list(self, request: Request) -> Response:
+        self._authorize(request)
+        created = wire.now()
+        owner = self.generator.owned_by
+        return json_response(wire.model_list([wire.model_entry(m, created, owner) for m in self.generator.models]))
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok", "models": list(self.generator.models)})
+
+    # ---- shapes ------------------------------------------------------------------------------
+
+    def _prompt_tokens(self, kind: str, body: dict[str, Any]) -> int:
+        if kind == "chat":
+            return sum(self.generator.count_tokens(_content_text(m.get("content"))) for m in body["messages"])
+        prompt = body["prompt"]
+        return sum(map(self.generator.count_tokens, prompt if isinstance(prompt, list) else [prompt]))
+
+    def _usage(self, kind: str, body: dict[str, Any], outs: list[Output]) -> dict[str, int]:
+        prompt = next((o.usage.prompt_tokens for o in outs if o.usage), None)
+        if prompt is None:
+            prompt = self._prompt_tokens(kind, body)
+        completion = sum(o.usage.completion_tokens if o.usage else self.generator.count_tokens(o.text or "")
+                         for o in outs)
+        return wire.usage(prompt, completion)
+
+    def _whole(self, kind: str, body: dict[str, Any], model: str, outs: list[Output]) -> dict:
+        usage = self._usage(kind, body, outs)
+        if kind == "chat":
+            choices = [wire.chat_choice(i, wire.chat_message(o.text, _tool_calls(o) or None), _finish(o))
+                       for i, o in enumerate(outs)]
+            return wire.chat_completion(wire.new_id("chatcmpl"), wire.now(), model, choices, usage)
+        choices = [wire.text_choice(i, o.text or "", _finish(o)) for i, o in enumerate(outs)]
+        return wire.text_completion(wire.new_id("cmpl"), wire.now(), model, choices, usage)
+
+    async def _events(self, kind: str, body: dict[str, Any], model: str) -> AsyncIterator[bytes]:
+        """SSE events for a whole stream: one id, exactly one finish_reason per choice, [DONE] last."""
+        chat = kind == "chat"
+        cid, created = wire.new_id("chatcmpl" if chat else "cmpl"), wire.now()
+        outs: list[Output] = []
+        async with self.limit:  # held by the stream itself, so it is freed however the stream ends
+            for index in range(body.get("n") or 1):
+                out = Output()
+                text: list[str] = []
+                first = True
+                async with aclosing(self.generator.stream(kind, body)) as deltas:
+                    async for d in deltas:
+                        out.finish_reason = d.finish_reason or out.finish_reason
+                        out.usage = d.usage or out.usage
+                        if not d.content and not d.tool_calls:
+                            continue
+                        text.append(d.content or "")
+                        if chat:
+                            delta = _chat_delta(d, first)
+                            if d.tool_calls:
+                                out.finish_reason = out.finish_reason or "tool_calls"
+                            yield wire.sse_event(wire.chat_chunk(cid, created, model,
+                                                                 [wire.chat_chunk_choice(index, delta, None)]))
+                        else:
+                            yield wire.sse_event(wire.text_completion(cid, created, model,
+                                                                      [wire.text_choice(index, d.content or "", None)],
+                                                                      None))
+                        first = False
+                out.text = "".join(text)
+                outs.append(out)
+                finish = out.finish_reason or "stop"
+                if chat:
+                    delta = {"role": "assistant", "content": ""} if first else {}
+                    yield wire.sse_event(wire.chat_chunk(cid, created, model, [wire.chat_chunk_choice(index, delta, finish)]))
+                else:
+                    yield wire.sse_event(wire.text_completion(cid, created, model, [wire.text_choice(index, "", finish)], None))
+            if wire.include_usage(body):
+                usage = self._usage(kind, body, outs)
+                if chat:
+                    yield wire.sse_event(wire.chat_chunk(cid, created, model, [], usage))
+                else:
+                    yield wire.sse_event(wire.text_completion(cid, created, model, [], usage))
+            yield wire.DONE_EVENT
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/completions", self.completion, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/models", self.models_list, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+            ],
+            exception_handlers=EXCEPTION_HANDLERS,
+            lifespan=self._lifespan,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.generator.startup()
+        self.models = frozenset(self.generator.models)
+        try:
+            yield
+        finally:
+            await self.generator.shutdown()
+
+
+async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Run `chunks` up to its first item now, so errors before it surface as plain HTTP errors and
+    its cleanup (a started generator is closed when dropped) is guaranteed, then hand it on."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
+
+    async def rest() -> AsyncIterator[bytes]:
+        async with aclosing(chunks):
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+    return rest()
+
+
+async def _then(chunks: AsyncIterator[bytes], on_close: Callable[[], None]) -> AsyncIterator[bytes]:
+    try:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        on_close()
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _chat_delta(d: Delta, first: bool) -> dict[str, Any]:
+    delta: dict[str, Any] = {"role": "assistant"} if first else {}
+    if d.content:
+        delta["content"] = d.content
+    if d.tool_calls:
+        delta["tool_calls"] = [_tool_call_delta(t) for t in d.tool_calls]
+    return delta
+
+
+def _tool_call_delta(t) -> dict[str, Any]:
+    piece: dict[str, Any] = {"index": t.index}
+    if t.id:
+        piece["id"] = t.id
+        piece["type"] = "function"
+    function: dict[str, Any] = {"arguments": t.arguments}
+    if t.name:
+        function["name"] = t.name
+    piece["function"] = function
+    return piece
+
+
+def _tool_calls(out: Output) -> list[dict[str, Any]]:
+    return [{"id": c.id or wire.new_id("call"), "type": "function",
+             "function": {"name": c.name, "arguments": c.arguments}} for c in out.tool_calls]
+
+
+def _finish(out: Output) -> str:
+    return out.finish_reason or ("tool_calls" if out.tool_calls else "stop")

@@ -1,0 +1,148 @@
+"""The wrapper's HTTP app: authenticate, route by model, relay the worker's answer."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any, AsyncIterator, Awaitable, TypeVar
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from svc_mgr import POLICIES, Discovery, RoutingTable
+
+from . import wire
+from .auth import KeyRing
+from .config import Settings, load_api_keys
+from .http import EXCEPTION_HANDLERS, JSON, json_response, read_body
+from .relay import Hop, Upstream, model_not_found
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CLIENT_CLOSED = 499  # nginx's status for a client that went away; never reaches the client
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, abandoning it (and so closing the hop to the worker) as soon as the client goes away."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+class Wrapper:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown)
+        self.keys = KeyRing(load_api_keys(settings))
+        self.hop = Hop(self.table, settings.wrapper, settings.worker.secret)
+        self.discovery = Discovery(settings.consul, self.table, settings.wrapper.consul_wait)
+        self.created = wire.now()
+
+    async def chat(self, request: Request) -> Response:
+        return await self._proxy(request, "chat", "/v1/chat/completions")
+
+    async def completion(self, request: Request) -> Response:
+        return await self._proxy(request, "completion", "/v1/completions")
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._proxy(request, "embedding", "/v1/embeddings")
+
+    async def _proxy(self, request: Request, kind: str, path: str) -> Response:
+        request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
+        key = self.keys.authenticate(request.headers.get("authorization"))
+        raw = await read_body(request, self.settings.wrapper.max_body_bytes)
+        body = wire.parse_body(raw)
+        model = wire.require_routing_fields(body, kind)
+        wire.check_fields(body, kind, self.settings.wrapper.max_n, self.settings.wrapper.max_embedding_inputs)
+        if not self.keys.allows(key, model):
+            raise model_not_found(model)
+        headers = {"X-Request-ID": request_id}
+        try:
+            upstream = await _unless_disconnected(request, self.hop.open(model, path, raw, request_id))
+            headers.update(upstream.headers())
+            if upstream.content_type.startswith("text/event-stream"):
+                return StreamingResponse(self.hop.stream(upstream), status_code=upstream.status,
+                                         media_type="text/event-stream",
+                                         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            content = await _unless_disconnected(request, self.hop.read(upstream))
+        except ClientGone:
+            log.info("client went away; request %s abandoned", request_id)
+            return Response(status_code=CLIENT_CLOSED)
+        return Response(content, status_code=upstream.status, media_type=JSON, headers=headers)
+
+    async def models(self, request: Request) -> Response:
+        key = self.keys.authenticate(request.headers.get("authorization"))
+        entries = []
+        for name in self.table.models():
+            if self.keys.allows(key, name):
+                owner = self.table.instances(name)[0].service
+                entries.append(wire.model_entry(name, self.created, owner))
+        return json_response(wire.model_list(entries))
+
+    async def model(self, request: Request) -> Response:
+        key = self.keys.authenticate(request.headers.get("authorization"))
+        name = request.path_params["model"]
+        instances = self.table.instances(name)
+        if not instances or not self.keys.allows(key, name):
+            raise model_not_found(name)
+        return json_response(wire.model_entry(name, self.created, instances[0].service))
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok", "models": len(self.table.models()),
+                              "consul": "down" if self.discovery.outage.down else "up"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        if self.keys.open:
+            log.warning("no API keys configured: the wrapper accepts every caller (set wrapper.api_keys)")
+        await self.hop.start()
+        await self.discovery.start()
+        try:
+            await asyncio.wait_for(self.discovery.ready.wait(), 5)
+        except TimeoutError:
+            log.warning("Consul at %s has not answered yet; starting with an empty routing table",
+                        self.settings.consul.address)
+        try:
+            yield
+        finally:
+            await self.discovery.stop()
+            await self.hop.close()
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/completions", self.completion, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+            ],
+            exception_handlers=EXCEPTION_HANDLERS,
+            lifespan=self.lifespan,
+        )

@@ -1,0 +1,214 @@
+"""The Generator base class: what a model adapter implements, and how the worker calls it.
+
+A subclass lists its `models` and implements any of:
+
+    chat(request) -> str | Output                 chat_stream(request) -> iterator of str | Delta
+    completion(request) -> str | Output           completion_stream(request) -> iterator of str | Delta
+    embed(request) -> list of vectors | Embeddings
+
+`request` is the client's JSON body as a dict, every field untouched. Each method may be plain or
+`async`; a stream may be a plain or an async iterator. Plain code runs in a worker thread, so it may
+block. Implement either form of a capability and the worker derives the other.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, ClassVar, Sequence
+
+import anyio.to_thread
+
+CAPABILITIES = ("chat", "completion", "embedding")
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int = 0
+
+
+@dataclass
+class ToolCall:
+    """A whole tool call in a non-streamed answer; `arguments` is a JSON string."""
+
+    name: str
+    arguments: str
+    id: str = ""
+
+
+@dataclass
+class ToolCallDelta:
+    """A piece of a streamed tool call, as OpenAI streams them: `index` says which call it extends;
+    `id` and `name` come with a call's first piece, `arguments` arrives in fragments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass
+class Delta:
+    """The richer form of a streamed piece: text, tool-call pieces, and optionally how the answer ended."""
+
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class Output:
+    """The richer form of a whole answer."""
+
+    text: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None  # default: "tool_calls" when there are tool calls, else "stop"
+    usage: Usage | None = None
+
+
+@dataclass
+class Embeddings:
+    vectors: list[Sequence[float]]
+    usage: Usage | None = None
+
+
+class Generator:
+    """Base class for model adapters. See the module docstring for the methods a subclass may implement."""
+
+    models: ClassVar[Sequence[str]] = ()
+    service_name: ClassVar[str | None] = None  # default: the class name in kebab case
+    owned_by: ClassVar[str] = "openai-api-wrapper"
+
+    def __init__(self, models: Sequence[str] | None = None) -> None:
+        self.models: tuple[str, ...] = tuple(models or type(self).models)
+        if not self.models:
+            raise ValueError(f"{type(self).__name__} serves no model: set `models` on the class or pass --models")
+
+    # ---- optional hooks ----------------------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this generator's own command-line options; they reach __init__ as keyword arguments."""
+
+    @classmethod
+    def default_service_name(cls) -> str:
+        if cls.service_name:
+            return cls.service_name
+        return re.sub(r"(?<!^)(?=[A-Z])", "-", cls.__name__).lower()
+
+    async def startup(self) -> None:
+        """Called once in the worker's event loop before it serves; open clients or load models here."""
+
+    async def shutdown(self) -> None:
+        """Called once when the worker stops."""
+
+    def count_tokens(self, text: str) -> int:
+        """Used for `usage` when a method does not report it. Override with a real tokenizer."""
+        return len(text.split())
+
+    # ---- what the worker calls ---------------------------------------------------------------
+
+    def supports(self, capability: str) -> bool:
+        names = {"chat": ("chat", "chat_stream"), "completion": ("completion", "completion_stream"),
+                 "embedding": ("embed",)}[capability]
+        return any(callable(getattr(self, n, None)) for n in names)
+
+    async def answer(self, capability: str, request: dict[str, Any]) -> Output:
+        whole = getattr(self, capability, None)
+        if callable(whole):
+            return _as_output(await _call(whole, request))
+        return await _join(self.stream(capability, request))
+
+    async def stream(self, capability: str, request: dict[str, Any]) -> AsyncIterator[Delta]:
+        """Deltas of one answer; closing this iterator stops the Generator."""
+        streaming = getattr(self, f"{capability}_stream", None)
+        if not callable(streaming):
+            yield _output_as_delta(await self.answer(capability, request))
+            return
+        if inspect.isasyncgenfunction(streaming):
+            source = streaming(request)
+        else:
+            source = await _call(streaming, request)
+        if hasattr(source, "__aiter__"):
+            agen = source.__aiter__()
+            try:
+                async for piece in agen:
+                    yield _as_delta(piece)
+            finally:
+                if hasattr(agen, "aclose"):
+                    await agen.aclose()
+        else:
+            async for piece in _iterate_in_thread(iter(source)):
+                yield _as_delta(piece)
+
+    async def embeddings(self, request: dict[str, Any], inputs: list[str]) -> Embeddings:
+        result = await _call(self.embed, {**request, "input": inputs})
+        if isinstance(result, Embeddings):
+            return result
+        return Embeddings(vectors=list(result))
+
+
+async def _call(fn: Callable[[dict], Any], request: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(request)
+    return await anyio.to_thread.run_sync(fn, request)
+
+
+_END = object()
+
+
+async def _iterate_in_thread(it: Any) -> AsyncIterator[Any]:
+    """Pull a blocking iterator one item at a time off the event loop; stop pulling when closed."""
+    try:
+        while True:
+            item = await anyio.to_thread.run_sync(next, it, _END)
+            if item is _END:
+                return
+            yield item
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            await anyio.to_thread.run_sync(close)
+
+
+def _as_output(result: Any) -> Output:
+    if isinstance(result, Output):
+        return result
+    if isinstance(result, str):
+        return Output(text=result)
+    raise TypeError(f"a Generator must return str or Output, not {type(result).__name__}")
+
+
+def _as_delta(piece: Any) -> Delta:
+    if isinstance(piece, Delta):
+        return piece
+    if isinstance(piece, str):
+        return Delta(content=piece)
+    raise TypeError(f"a Generator stream must yield str or Delta, not {type(piece).__name__}")
+
+
+def _output_as_delta(out: Output) -> Delta:
+    calls = [ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.arguments) for i, c in enumerate(out.tool_calls)]
+    return Delta(content=out.text, tool_calls=calls or None, finish_reason=out.finish_reason, usage=out.usage)
+
+
+async def _join(deltas: AsyncIterator[Delta]) -> Output:
+    text: list[str] = []
+    calls: dict[int, ToolCall] = {}
+    out = Output()
+    async for d in deltas:
+        if d.content:
+            text.append(d.content)
+        for piece in d.tool_calls or ():
+            call = calls.setdefault(piece.index, ToolCall(name="", arguments="", id=""))
+            call.id = piece.id or call.id
+            call.name = piece.name or call.name
+            call.arguments += piece.arguments
+        out.finish_reason = d.finish_reason or out.finish_reason
+        out.usage = d.usage or out.usage
+    out.text = "".join(text) if text or not calls else None
+    out.tool_calls = [calls[i] for i in sorted(calls)]
+    return out

@@ -1,0 +1,90 @@
+"""EchoGen: a deterministic model with no dependencies, for tests, demos and benchmarks."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import math
+import re
+import struct
+from typing import Any, AsyncIterator
+
+from .base import Generator
+
+DIMENSIONS = 64
+_WORD = re.compile(r"\s*\S+\s*|\s+")
+
+
+def words_with_spacing(text: str) -> list[str]:
+    """Split into one piece per word, keeping all whitespace, so the pieces join back to `text`."""
+    return _WORD.findall(text)
+
+
+def text_of(content: Any) -> str:
+    """The text of a chat message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def unit_vector(text: str, dimensions: int = DIMENSIONS) -> list[float]:
+    """A deterministic unit vector: the same text always maps to the same vector."""
+    raw = b""
+    counter = 0
+    while len(raw) < 4 * dimensions:
+        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    values = [v / 2**31 - 1.0 for v in struct.unpack(f"<{dimensions}I", raw[: 4 * dimensions])]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
+
+
+class EchoGen(Generator):
+    models = ("echo",)
+    service_name = "echo"
+
+    def __init__(self, models=None, delay: float = 0.0) -> None:
+        super().__init__(models)
+        self.delay = delay
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                            help="pause before each streamed word (for load and disconnect tests)")
+
+    def _last_user_text(self, request: dict[str, Any]) -> str:
+        for message in reversed(request.get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return text_of(message.get("content"))
+        return ""
+
+    async def _words(self, text: str) -> AsyncIterator[str]:
+        for piece in words_with_spacing(text):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield piece
+
+    async def chat(self, request: dict[str, Any]) -> str:
+        return self._last_user_text(request)
+
+    async def chat_stream(self, request: dict[str, Any]) -> AsyncIterator[str]:
+        async for piece in self._words(self._last_user_text(request)):
+            yield piece
+
+    async def completion(self, request: dict[str, Any]) -> str:
+        return _prompt_text(request.get("prompt"))
+
+    async def completion_stream(self, request: dict[str, Any]) -> AsyncIterator[str]:
+        async for piece in self._words(_prompt_text(request.get("prompt"))):
+            yield piece
+
+    async def embed(self, request: dict[str, Any]) -> list[list[float]]:
+        return [unit_vector(text) for text in request["input"]]
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return "".join(p for p in prompt if isinstance(p, str))
+    return prompt if isinstance(prompt, str) else ""

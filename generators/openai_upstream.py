@@ -1,0 +1,140 @@
+"""OpenAIUpstreamGen: relays to any OpenAI-compatible API (OpenAI, vLLM, Ollama, llama.cpp's server...).
+
+It answers with the upstream's own bytes (JSON or SSE, untouched), so every field the upstream
+returns reaches the client. Requests pass through unchanged but for `model`, which an alias may map.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import httpx
+import orjson
+
+from gateway.config import UpstreamSettings
+from gateway.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited, sse_error_event
+
+from .base import Generator
+
+PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+PASS_THROUGH_STATUSES = frozenset({400, 404, 409, 413, 422})
+
+
+def parse_aliases(spec: str | None) -> dict[str, str] | None:
+    """'a,b=upstream-b' -> {'a': 'a', 'b': 'upstream-b'}; None means: ask the upstream."""
+    if not spec:
+        return None
+    aliases: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        public, _, upstream = item.partition("=")
+        if not public.strip() or (_ and not upstream.strip()):
+            raise ValueError(f"--models: '{item}' is not NAME or PUBLIC=UPSTREAM")
+        aliases[public.strip()] = upstream.strip() or public.strip()
+    return aliases
+
+
+@dataclass
+class Forwarded:
+    """An upstream answer to relay as is."""
+
+    status: int
+    content_type: str
+    body: AsyncIterator[bytes]
+
+
+class OpenAIUpstreamGen(Generator):
+    service_name = "openai-upstream"
+    owned_by = "openai-upstream"
+
+    def __init__(self, models=None, aliases: dict[str, str] | None = None,
+                 upstream: UpstreamSettings | None = None) -> None:
+        self.aliases = dict(aliases) if aliases else ({m: m for m in models} if models else {})
+        self.upstream = upstream or UpstreamSettings()
+        self.models = tuple(self.aliases)  # filled from the upstream at start-up when empty
+        self._client: httpx.AsyncClient | None = None
+
+    def supports(self, capability: str) -> bool:
+        return capability in PATHS
+
+    async def startup(self) -> None:
+        headers = {"Authorization": f"Bearer {self.upstream.api_key}"} if self.upstream.api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.upstream.api_base.rstrip("/"), headers=headers,
+            timeout=httpx.Timeout(self.upstream.timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        )
+        if not self.aliases:
+            response = await self._send("GET", "/models", None)
+            data = orjson.loads(await response.aread())
+            self.aliases = {m["id"]: m["id"] for m in data.get("data", [])}
+            self.models = tuple(self.aliases)
+            if not self.models:
+                raise ValueError(f"the upstream at {self.upstream.api_base} lists no models; pass --models")
+
+    async def shutdown(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
+        assert self._client is not None
+        request = self._client.build_request(method, path, content=body,
+                                             headers={"Content-Type": "application/json"} if body else None)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise GatewayTimeout("The upstream API did not answer in time.", code="upstream_timeout") from None
+        except httpx.TransportError as exc:
+            raise BadGateway(f"The upstream API could not be reached ({exc.__class__.__name__}).",
+                             code="upstream_unreachable") from None
+        if response.status_code >= 400:
+            await _raise_for_upstream(response)
+        return response
+
+    async def forward(self, capability: str, request: dict[str, Any], raw: bytes) -> Forwarded:
+        """Send the client's request upstream (re-encoded only when an alias renames the model)."""
+        upstream_model = self.aliases.get(request["model"], request["model"])
+        if upstream_model != request["model"]:
+            raw = orjson.dumps({**request, "model": upstream_model})
+        response = await self._send("POST", PATHS[capability], raw)
+        content_type = response.headers.get("content-type", "application/json")
+        return Forwarded(response.status_code, content_type, _relay(response))
+
+
+async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.TransportError:
+        yield sse_error_event(BadGateway("The upstream API failed in the middle of the answer.",
+                                         code="upstream_failed"))
+    finally:
+        await response.aclose()
+
+
+async def _raise_for_upstream(response: httpx.Response) -> None:
+    """Map an upstream error status to the error the client should see; the key never appears in it."""
+    try:
+        raw = await response.aread()
+    finally:
+        await response.aclose()
+    status = response.status_code
+    try:
+        error = orjson.loads(raw).get("error") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        error = {}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    message = str(error.get("message") or f"The upstream API answered {status}.")
+    if status in PASS_THROUGH_STATUSES:
+        raise OpenAIError(message, status=status, type=str(error.get("type") or "invalid_request_error"),
+                          param=error.get("param"), code=error.get("code"))
+    if status == 429:
+        retry = response.headers.get("retry-after")
+        raise RateLimited(message, code=error.get("code") or "rate_limit_exceeded",
+                          headers={"Retry-After": retry} if retry else None)
+    if status in (401, 403):
+        raise BadGateway("The upstream API refused this worker's credentials (openai.api_key / OPENAI_API_KEY).",
+                         code="upstream_auth_failed")
+    if status == 504:
+        raise GatewayTimeout("The upstream API timed out.", code="upstream_timeout")
+    raise BadGateway(f"The upstream API failed with status {status}: {message}", code="upstream_error")

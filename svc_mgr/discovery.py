@@ -1,0 +1,105 @@
+"""Keeps a RoutingTable in step with Consul through blocking queries, in background tasks."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from gateway.config import ConsulSettings
+
+from .consul_client import AsyncConsul, ConsulException, connect
+from .entry import MARKER_TAG, instance_from_health
+from .routing import RoutingTable
+
+log = logging.getLogger(__name__)
+
+_FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConsulException, ValueError)
+
+
+class _Outage:
+    """Logs an outage once when it starts and once when it ends, not once per retry."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.down = False
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.down:
+            log.warning("Consul at %s unreachable (%s: %s); serving from the last routing table, retrying",
+                        self.address, exc.__class__.__name__, exc)
+        self.down = True
+
+    def ok(self) -> None:
+        if self.down:
+            log.info("Consul at %s reachable again", self.address)
+        self.down = False
+
+
+def _next_index(old: int, new: int) -> int:
+    # Consul's rule for blocking queries: an index that went backwards (agent restarted) resets to 0.
+    return new if new >= old else 0
+
+
+class Discovery:
+    def __init__(self, settings: ConsulSettings, table: RoutingTable, wait: str = "30s") -> None:
+        self.settings = settings
+        self.table = table
+        self.wait = wait
+        self.outage = _Outage(settings.address)
+        self._consul: AsyncConsul | None = None
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._main: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._consul = connect(self.settings)
+        self._main = asyncio.create_task(self._watch_services(), name="consul-services")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._main, *self._tasks.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._consul is not None:
+            await self._consul.close()
+
+    async def _watch_services(self) -> None:
+        assert self._consul is not None
+        index, backoff = 0, 0.2
+        while True:
+            try:
+                new_index, services = await self._consul.catalog.services(index=index or None, wait=self.wait)
+                index = _next_index(index, int(new_index))
+                self.outage.ok()
+                backoff = 0.2
+            except _FAILURES as exc:
+                self.outage.failed(exc)
+                index = 0
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5)
+                continue
+            ours = {name for name, tags in services.items() if MARKER_TAG in (tags or [])}
+            for name in ours - self._tasks.keys():
+                self._tasks[name] = asyncio.create_task(self._watch_health(name), name=f"consul-health-{name}")
+            for name in self._tasks.keys() - ours:
+                self._tasks.pop(name).cancel()
+                self.table.drop_service(name)
+            self.ready.set()
+
+    async def _watch_health(self, service: str) -> None:
+        assert self._consul is not None
+        index, backoff = 0, 0.2
+        while True:
+            try:
+                new_index, entries = await self._consul.health.service(
+                    service, index=index or None, wait=self.wait, passing=True)
+                index = _next_index(index, int(new_index))
+                backoff = 0.2
+            except _FAILURES as exc:
+                self.outage.failed(exc)
+                index = 0
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5)
+                continue
+            self.table.set_service(service, filter(None, map(instance_from_health, entries)))

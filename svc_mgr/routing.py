@@ -1,0 +1,90 @@
+"""The routing table: model name -> healthy instances, and the policies that pick one."""
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable, Iterable, Sequence
+
+from .entry import Instance
+
+Policy = Callable[[Sequence[Instance]], Instance]
+
+
+def pick_random(candidates: Sequence[Instance]) -> Instance:
+    return random.choice(candidates)
+
+
+def pick_least_in_flight(candidates: Sequence[Instance]) -> Instance:
+    """Power of two choices over the wrapper's own in-flight counts."""
+    if len(candidates) == 1:
+        return candidates[0]
+    a, b = random.sample(candidates, 2)
+    return a if a.in_flight <= b.in_flight else b
+
+
+POLICIES: dict[str, Policy] = {"random": pick_random, "least_in_flight": pick_least_in_flight}
+
+
+class RoutingTable:
+    """Filled by discovery, read by the request path. Lookups are dict reads; updates rebuild per service."""
+
+    def __init__(self, policy: Policy = pick_random, cooldown: float = 5.0) -> None:
+        self.policy = policy
+        self.cooldown = cooldown
+        self._by_service: dict[str, dict[str, Instance]] = {}
+        self._by_model: dict[str, list[Instance]] = {}
+        self.known_models: set[str] = set()  # every model ever seen, to tell 503 from 404
+
+    # ---- updates (discovery) -----------------------------------------------------------------
+
+    def set_service(self, service: str, instances: Iterable[Instance]) -> None:
+        old = self._by_service.get(service, {})
+        fresh: dict[str, Instance] = {}
+        for inst in instances:
+            kept = old.get(inst.id)
+            if kept is not None and kept.base_url == inst.base_url and kept.models == inst.models:
+                inst = kept  # keep in-flight counts and cool-downs across updates
+            fresh[inst.id] = inst
+        if fresh:
+            self._by_service[service] = fresh
+        else:
+            self._by_service.pop(service, None)
+        self._rebuild()
+
+    def drop_service(self, service: str) -> None:
+        if self._by_service.pop(service, None) is not None:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        by_model: dict[str, list[Instance]] = {}
+        for instances in self._by_service.values():
+            for inst in instances.values():
+                for model in inst.models:
+                    by_model.setdefault(model, []).append(inst)
+        self._by_model = by_model
+        self.known_models.update(by_model)
+
+    # ---- reads (request path) ----------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return sorted(self._by_model)
+
+    def instances(self, model: str) -> list[Instance]:
+        return self._by_model.get(model, [])
+
+    def pick(self, model: str, exclude: Iterable[Instance] = ()) -> Instance | None:
+        """A healthy instance for `model`, preferring ones not cooling down; None if there is none."""
+        candidates = self._by_model.get(model)
+        if not candidates:
+            return None
+        if exclude:
+            skip = set(map(id, exclude))
+            candidates = [c for c in candidates if id(c) not in skip]
+            if not candidates:
+                return None
+        now = time.monotonic()
+        warm = [c for c in candidates if c.cooled_until <= now]
+        return self.policy(warm or candidates)
+
+    def cool_down(self, inst: Instance) -> None:
+        inst.cooled_until = time.monotonic() + self.cooldown
