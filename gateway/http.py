@@ -38,21 +38,27 @@ async def _handle(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {HTTPException: _handle, OpenAIError: _handle, Exception: _handle}
 
 
+DRAIN_FACTOR = 4  # an oversize body up to this many times the limit is read and dropped, so the
+                  # client gets to read the 413 instead of a reset connection
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing more than `limit` bytes with a 413 before reading it all."""
+    """The whole body, or a 413 for one larger than `limit` bytes, which is never held in memory."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidRequest("Content-Length is not a number.")
-        if int(declared) > limit:
-            raise _too_large(limit)
+    if declared is not None and not declared.isdigit():
+        raise InvalidRequest("Content-Length is not a number.")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            chunks.clear()
+            if size > limit * DRAIN_FACTOR:
+                break
+            continue
         chunks.append(chunk)
+    if size > limit:
+        raise _too_large(limit)
     return b"".join(chunks)
 
 

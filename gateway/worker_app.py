@@ -32,6 +32,7 @@ class Worker:
         self.settings = settings
         self.models: frozenset[str] = frozenset()  # set at start-up: a proxy learns its models then
         self.forwards = callable(getattr(generator, "forward", None))
+        self.served = 0  # model calls accepted, reported by /health
         self.limit = ConcurrencyLimit(settings.worker.max_concurrency, settings.worker.max_queue)
         self._secret = settings.worker.secret.encode() if settings.worker.secret else None
 
@@ -56,6 +57,7 @@ class Worker:
         if not self.generator.supports(kind):
             raise InvalidRequest(f"The model '{model}' does not support {kind} requests.",
                                  param="model", code="unsupported_capability")
+        self.served += 1
         return body, model, raw
 
     # ---- endpoints ---------------------------------------------------------------------------
@@ -112,7 +114,7 @@ class Worker:
         return json_response(wire.model_list([wire.model_entry(m, created, owner) for m in self.generator.models]))
 
     async def health(self, request: Request) -> Response:
-        return json_response({"status": "ok", "models": list(self.generator.models)})
+        return json_response({"status": "ok", "models": list(self.generator.models), "served": self.served})
 
     # ---- shapes ------------------------------------------------------------------------------
 

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from procs import ROOT, Consul, Proc, Procs, free_port, get_json, python_script, wait_until
+
+SPEC_DIR = Path(os.environ.get("OPENAI_SPEC_DIR", ROOT.parent / "shared" / "openai-spec"))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def _failed(request) -> bool:
+    return any(getattr(request.node, f"rep_{w}", None) is not None and getattr(request.node, f"rep_{w}").failed
+               for w in ("setup", "call"))
+
+
+@pytest.fixture(scope="session")
+def session_procs():
+    procs = Procs()
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def consul(session_procs) -> Consul:
+    return Consul(session_procs)
+
+
+@pytest.fixture
+def procs(request):
+    procs = Procs()
+    yield procs
+    if _failed(request):
+        print(procs.dump())
+    procs.stop_all()
+
+
+@dataclass
+class Server:
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+
+def start_worker(procs: Procs, consul: Consul, generator: str = "generators.echo.EchoGen", *args: str,
+                 env: dict[str, str] | None = None, script: str = "template_worker.py", wait: bool = True) -> Server:
+    port = free_port()
+    argv = [generator] if script == "template_worker.py" else []
+    proc = procs.start(f"worker-{port}", python_script(script, "127.0.0.1", str(port), *argv, *args),
+                       env={"CONSUL_HTTP_ADDR": consul.addr, **(env or {})})
+    server = Server(proc, port)
+    if wait:
+        wait_until(lambda: f"-127.0.0.1-{port}" in " ".join(consul.services()), 20,
+                   f"worker on {port} to register\n{proc.output()}")
+    return server
+
+
+def start_wrapper(procs: Procs, consul: Consul, *args: str, env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    proc = procs.start(f"wrapper-{port}", python_script("main_openai_wrapper_v2.py", "127.0.0.1", str(port), *args),
+                       env={"CONSUL_HTTP_ADDR": consul.addr, **(env or {})})
+    server = Server(proc, port)
+    wait_until(lambda: get_json(server.url + "/health")[0] == 200, 20, f"wrapper on {port}\n{proc.output()}")
+    return server
+
+
+def routable(wrapper: Server, model: str, headers: dict[str, str] | None = None) -> bool:
+    status, body = get_json(wrapper.base_url + "/models", headers)
+    return status == 200 and model in {m["id"] for m in body["data"]}
+
+
+def unique_model(prefix: str = "echo") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def module_procs():
+    procs = Procs()
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def wrapper(module_procs, consul) -> Server:
+    return start_wrapper(module_procs, consul)
+
+
+class Schemas:
+    def __init__(self, directory: Path) -> None:
+        if not directory.is_dir():
+            raise FileNotFoundError(f"OpenAI schemas not found at {directory}; set OPENAI_SPEC_DIR")
+        self.directory = directory
+        self._cache: dict[str, jsonschema.protocols.Validator] = {}
+
+    def validate(self, name: str, instance: dict) -> None:
+        if name not in self._cache:
+            schema = json.loads((self.directory / f"{name}.schema.json").read_text())
+            cls = jsonschema.validators.validator_for(schema)
+            self._cache[name] = cls(schema)
+        self._cache[name].validate(instance)
+
+
+@pytest.fixture(scope="session")
+def schemas() -> Schemas:
+    return Schemas(SPEC_DIR / "schemas")

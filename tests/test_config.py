@@ -1,0 +1,70 @@
+"""env.yaml loading: defaults, the standard environment overrides, and errors that name key and file."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from gateway.config import ConfigError, load_settings
+from procs import ROOT, python_script
+
+
+def write(tmp_path, text):
+    path = tmp_path / "env.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_env_yaml_loads_with_defaults():
+    settings = load_settings(ROOT / "env.yaml", environ={})
+    assert settings.consul.address == "http://127.0.0.1:8500"
+    assert settings.wrapper.balancer == "random"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "wrapper:\n  balancr: random\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert str(path) in str(err.value) and "wrapper.balancr" in str(err.value)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path, "consul:\n  port: eighty\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert str(path) in str(err.value) and "consul.port" in str(err.value)
+
+
+def test_consul_environment_overrides_the_file(tmp_path):
+    path = write(tmp_path, "consul:\n  host: file-host\n  port: 1234\n  token: file-token\n")
+    s = load_settings(path, environ={"CONSUL_HTTP_ADDR": "https://10.1.2.3:8501", "CONSUL_HTTP_TOKEN": "env-token"})
+    assert (s.consul.scheme, s.consul.host, s.consul.port, s.consul.token) == ("https", "10.1.2.3", 8501, "env-token")
+    s = load_settings(path, environ={"CONSUL_HTTP_ADDR": "127.0.0.1:9500"})
+    assert (s.consul.scheme, s.consul.host, s.consul.port, s.consul.token) == ("http", "127.0.0.1", 9500, "file-token")
+
+
+def test_bad_consul_addr_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="CONSUL_HTTP_ADDR"):
+        load_settings(write(tmp_path, ""), environ={"CONSUL_HTTP_ADDR": "ftp://x:1"})
+
+
+def test_openai_upstream_environment_overrides(tmp_path):
+    path = write(tmp_path, "openai:\n  api_base: http://file/v1\n")
+    s = load_settings(path, environ={"OPENAI_BASE_URL": "http://env/v1", "OPENAI_API_KEY": "sk-env"})
+    assert (s.openai.api_base, s.openai.api_key) == ("http://env/v1", "sk-env")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(tmp_path / "absent.yaml", environ={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "consul: [\n"), environ={})
+
+
+def test_a_config_mistake_stops_the_wrapper_with_one_line(tmp_path):
+    path = write(tmp_path, "wrapper:\n  max_attempts: many\n")
+    out = subprocess.run(python_script("main_openai_wrapper_v2.py", "127.0.0.1", "1", "--config", str(path)),
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "wrapper.max_attempts" in out.stderr and str(path) in out.stderr
+    assert "Traceback" not in out.stderr
