@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 import aiohttp
@@ -19,14 +18,30 @@ RETRY_STATUSES = frozenset({429, 502, 503})
 _CONNECT_FAILURES = (aiohttp.ClientConnectionError, OSError)
 
 
-@dataclass
 class Upstream:
-    """A worker's answer whose headers arrived; the body is still to be read or streamed."""
+    """One attempt at a worker: its instance's in-flight slot, then its answer once headers arrived."""
 
-    response: aiohttp.ClientResponse
-    instance: Instance
-    deadline: float
-    released: bool = False
+    def __init__(self, instance: Instance, deadline: float) -> None:
+        self.instance = instance
+        self.deadline = deadline
+        self.response: aiohttp.ClientResponse | None = None
+        self.content: bytes | None = None  # the whole body, for answers read inside the attempt
+        self.released = False
+        instance.in_flight += 1
+
+    @property
+    def status(self) -> int:
+        assert self.response is not None
+        return self.response.status
+
+    @property
+    def content_type(self) -> str:
+        assert self.response is not None
+        return self.response.headers.get("Content-Type", "application/json")
+
+    def headers(self) -> dict[str, str]:
+        retry_after = self.response.headers.get("Retry-After") if self.response is not None else None
+        return {"Retry-After": retry_after} if retry_after else {}
 
     def close(self) -> None:
         """Free the connection (kept alive if the body was read to the end) and the in-flight slot, once."""
@@ -34,22 +49,12 @@ class Upstream:
             return
         self.released = True
         self.instance.in_flight -= 1
+        if self.response is None:
+            return
         if self.response.content.at_eof():
             self.response.release()
         else:
             self.response.close()
-
-    @property
-    def status(self) -> int:
-        return self.response.status
-
-    @property
-    def content_type(self) -> str:
-        return self.response.headers.get("Content-Type", "application/json")
-
-    def headers(self) -> dict[str, str]:
-        retry_after = self.response.headers.get("Retry-After")
-        return {"Retry-After": retry_after} if retry_after else {}
 
 
 def model_not_found(model: str) -> NotFound:
@@ -91,53 +96,45 @@ class Hop:
             headers["X-Worker-Secret"] = self._secret
         return headers
 
-    async def open(self, model: str, path: str, body: bytes, request_id: str) -> Upstream:
-        """Send to a healthy instance and wait for its headers, failing over on connection errors,
-        first-byte timeouts and 429/502/503, within the attempt limit and the overall deadline."""
+    def _remaining(self, deadline: float, limit: float) -> float:
+        return max(min(limit, deadline - asyncio.get_running_loop().time()), 0)
+
+    async def open(self, model: str, path: str, body: bytes, request_id: str, *, whole: bool) -> Upstream:
+        """Send to a healthy instance and wait for its headers (and, if `whole`, its whole body), failing
+        over on connection errors, resets, timeouts and 429/502/503, within the attempt limit and the
+        overall deadline. A stream is never retried once its first byte was relayed: that is the caller's
+        part, which starts only after this returns."""
         assert self._session is not None, "Hop.start() was not called"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeouts.total
+        deadline = asyncio.get_running_loop().time() + self.timeouts.total
         tried: list[Instance] = []
         last: OpenAIError | Upstream | None = None
         for _ in range(self.settings.max_attempts):
             inst = self.table.pick(model, exclude=tried) or (self.table.pick(model) if tried else None)
-            if inst is None:
+            if inst is None or self._remaining(deadline, 1) <= 0:
                 break
             tried.append(inst)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            inst.in_flight += 1
+            attempt = Upstream(inst, deadline)
             try:
-                async with asyncio.timeout(min(self.timeouts.first_byte, remaining)):
-                    response = await self._session.post(inst.base_url + path, data=body,
-                                                        headers=self._headers(request_id))
-            except TimeoutError:
-                inst.in_flight -= 1
+                await self._attempt(attempt, path, body, request_id, whole)
+            except OpenAIError as exc:
+                attempt.close()
                 self.table.cool_down(inst)
-                last = GatewayTimeout(f"The worker for '{model}' sent nothing within the first-byte timeout.",
-                                      code="first_byte_timeout")
-                continue
-            except _CONNECT_FAILURES as exc:
-                inst.in_flight -= 1
-                self.table.cool_down(inst)
-                log.warning("worker %s failed before answering (%s); trying another", inst.id,
-                            exc.__class__.__name__)
-                last = BadGateway(f"The worker for '{model}' could not be reached.", code="worker_unreachable")
+                log.warning("worker %s failed (%s); %s", inst.id, exc.code,
+                            "trying another" if len(tried) < self.settings.max_attempts else "giving up")
+                last = exc
                 continue
             except BaseException:
-                inst.in_flight -= 1
+                attempt.close()
                 raise
-            upstream = Upstream(response, inst, deadline)
-            if response.status in RETRY_STATUSES:
+            if attempt.status in RETRY_STATUSES:
                 self.table.cool_down(inst)
                 if isinstance(last, Upstream):
                     last.close()
-                last = upstream
+                last = attempt
                 continue
             if isinstance(last, Upstream):
                 last.close()
-            return upstream
+            return attempt
         if isinstance(last, Upstream):
             return last  # every instance was busy or failing: pass the last worker answer on
         if last is not None:
@@ -147,28 +144,48 @@ class Hop:
                               headers={"Retry-After": "1"})
         raise model_not_found(model)
 
-    async def read(self, upstream: Upstream) -> bytes:
-        """The whole body of a JSON answer."""
+    async def _attempt(self, attempt: Upstream, path: str, body: bytes, request_id: str, whole: bool) -> None:
+        assert self._session is not None
         try:
-            loop = asyncio.get_running_loop()
-            async with asyncio.timeout(min(self.timeouts.idle, max(upstream.deadline - loop.time(), 0))):
+            async with asyncio.timeout(self._remaining(attempt.deadline, self.timeouts.first_byte)):
+                attempt.response = await self._session.post(attempt.instance.base_url + path, data=body,
+                                                             headers=self._headers(request_id))
+        except aiohttp.ConnectionTimeoutError:
+            raise GatewayTimeout("Connecting to the worker timed out.", code="connect_timeout") from None
+        except TimeoutError:
+            raise GatewayTimeout("The worker sent nothing within the first-byte timeout.",
+                                 code="first_byte_timeout") from None
+        except _CONNECT_FAILURES:
+            raise BadGateway("The worker could not be reached.", code="worker_unreachable") from None
+        if whole:
+            attempt.content = await self._read_body(attempt)
+
+    async def _read_body(self, upstream: Upstream) -> bytes:
+        assert upstream.response is not None
+        try:
+            async with asyncio.timeout(self._remaining(upstream.deadline, self.timeouts.idle)):
                 return await upstream.response.read()
         except TimeoutError:
             raise GatewayTimeout("The worker stopped sending its answer.", code="idle_timeout") from None
         except _CONNECT_FAILURES + (aiohttp.ClientPayloadError,):
             raise BadGateway("The worker failed while sending its answer.", code="worker_failed") from None
+
+    async def read(self, upstream: Upstream) -> bytes:
+        """The whole body of an answer that was not read inside its attempt (a stream request's error)."""
+        try:
+            return await self._read_body(upstream)
         finally:
             upstream.close()
 
     async def stream(self, upstream: Upstream) -> AsyncIterator[bytes]:
         """Relay an SSE body chunk by chunk as it arrives. If the worker fails or stalls mid-stream, end
         with one OpenAI error event and no [DONE], so the client can tell the answer is truncated."""
+        assert upstream.response is not None
         content = upstream.response.content
-        loop = asyncio.get_running_loop()
         tail = b"\n\n"
         try:
             while True:
-                async with asyncio.timeout(min(self.timeouts.idle, max(upstream.deadline - loop.time(), 0))):
+                async with asyncio.timeout(self._remaining(upstream.deadline, self.timeouts.idle)):
                     chunk = await content.readany()
                 if not chunk:
                     return

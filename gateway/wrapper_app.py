@@ -82,17 +82,20 @@ class Wrapper:
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         headers = {"X-Request-ID": request_id}
+        stream = wire.is_stream(body)
         try:
-            upstream = await _unless_disconnected(request, self.hop.open(model, path, raw, request_id))
-            headers.update(upstream.headers())
-            if upstream.content_type.startswith("text/event-stream"):
-                return StreamingResponse(self.hop.stream(upstream), status_code=upstream.status,
-                                         media_type="text/event-stream",
-                                         headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            content = await _unless_disconnected(request, self.hop.read(upstream))
+            upstream = await _unless_disconnected(
+                request, self.hop.open(model, path, raw, request_id, whole=not stream))
         except ClientGone:
-            log.info("client went away; request %s abandoned", request_id)
+            log.info("request %s: client went away; abandoned", request_id)
             return Response(status_code=CLIENT_CLOSED)
+        headers.update(upstream.headers())
+        if upstream.content is None and upstream.content_type.startswith("text/event-stream"):
+            return StreamingResponse(self.hop.stream(upstream), status_code=upstream.status,
+                                     media_type="text/event-stream",
+                                     headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        content = upstream.content if upstream.content is not None else await self.hop.read(upstream)
+        upstream.close()
         return Response(content, status_code=upstream.status, media_type=JSON, headers=headers)
 
     async def models(self, request: Request) -> Response:
