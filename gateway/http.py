@@ -1,7 +1,8 @@
 """Starlette glue shared by the worker and the wrapper: JSON responses, errors, bounded bodies."""
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Awaitable, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -11,6 +12,37 @@ from . import wire
 from .errors import InvalidRequest, OpenAIError, error_json, error_status
 
 JSON = "application/json"
+T = TypeVar("T")
+
+CLIENT_CLOSED = 499  # nginx's status for a client that went away; never reaches the client
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, abandoning it (and so closing the hop to the worker) as soon as the client goes away."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

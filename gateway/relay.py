@@ -147,7 +147,9 @@ class Hop:
     async def _attempt(self, attempt: Upstream, path: str, body: bytes, request_id: str, whole: bool) -> None:
         assert self._session is not None
         try:
-            async with asyncio.timeout(self._remaining(attempt.deadline, self.timeouts.first_byte)):
+            # aiohttp enforces the connect timeout; the first-byte clock starts once connected
+            first_byte = self.timeouts.connect + self.timeouts.first_byte
+            async with asyncio.timeout(self._remaining(attempt.deadline, first_byte)):
                 attempt.response = await self._session.post(attempt.instance.base_url + path, data=body,
                                                              headers=self._headers(request_id))
         except aiohttp.ConnectionTimeoutError:
@@ -192,8 +194,12 @@ class Hop:
                 tail = chunk[-2:]
                 yield chunk
         except TimeoutError:
-            yield self._boundary(tail) + sse_error_event(
-                GatewayTimeout("The worker stopped sending the stream.", code="idle_timeout"))
+            if asyncio.get_running_loop().time() >= upstream.deadline:
+                error = GatewayTimeout("The request took longer than the gateway's total timeout.",
+                                       code="total_timeout")
+            else:
+                error = GatewayTimeout("The worker stopped sending the stream.", code="idle_timeout")
+            yield self._boundary(tail) + sse_error_event(error)
         except _CONNECT_FAILURES + (aiohttp.ClientPayloadError,):
             log.warning("worker %s failed mid-stream", upstream.instance.id)
             yield self._boundary(tail) + sse_error_event(

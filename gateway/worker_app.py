@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
@@ -18,8 +19,10 @@ from generators.base import Delta, Output
 from . import wire
 from .config import Settings
 from .errors import InvalidRequest, NotFound, Unauthorized
-from .http import EXCEPTION_HANDLERS, json_response, read_body
+from .http import CLIENT_CLOSED, EXCEPTION_HANDLERS, ClientGone, json_response, read_body, unless_disconnected
 from .limits import ConcurrencyLimit
+
+log = logging.getLogger(__name__)
 
 SECRET_HEADER = "x-worker-secret"
 
@@ -58,6 +61,8 @@ class Worker:
             raise InvalidRequest(f"The model '{model}' does not support {kind} requests.",
                                  param="model", code="unsupported_capability")
         self.served += 1
+        log.info("request %s: %s %s%s", request.headers.get("x-request-id", "-"), kind, model,
+                 " stream" if wire.is_stream(body) else "")
         return body, model, raw
 
     # ---- endpoints ---------------------------------------------------------------------------
@@ -76,9 +81,15 @@ class Worker:
             events = self._events(kind, body, model)
             # a failure before the first event is still a plain HTTP error
             return EventSourceResponse(await _started(events), sep="\n")
-        async with self.limit:
-            answers = [await self.generator.answer(kind, body) for _ in range(body.get("n") or 1)]
+        try:
+            answers = await unless_disconnected(request, self._answers(kind, body))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
         return json_response(self._whole(kind, body, model, answers))
+
+    async def _answers(self, kind: str, body: dict[str, Any]) -> list[Output]:
+        async with self.limit:
+            return [await self.generator.answer(kind, body) for _ in range(body.get("n") or 1)]
 
     async def _forward(self, kind: str, body: dict[str, Any], raw: bytes) -> Response:
         """A proxy generator answers with its upstream's bytes, relayed as they come."""

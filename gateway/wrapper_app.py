@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,42 +17,10 @@ from svc_mgr import POLICIES, Discovery, RoutingTable
 from . import wire
 from .auth import KeyRing
 from .config import Settings, load_api_keys
-from .http import EXCEPTION_HANDLERS, JSON, json_response, read_body
+from .http import CLIENT_CLOSED, EXCEPTION_HANDLERS, JSON, ClientGone, json_response, read_body, unless_disconnected
 from .relay import Hop, Upstream, model_not_found
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-CLIENT_CLOSED = 499  # nginx's status for a client that went away; never reaches the client
-
-
-class ClientGone(Exception):
-    pass
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, abandoning it (and so closing the hop to the worker) as soon as the client goes away."""
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    async def watch() -> None:
-        nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        gone = True
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if gone and task.uncancel() == 0:
-            raise ClientGone() from None
-        raise
-    finally:
-        watcher.cancel()
-
 
 class Wrapper:
     def __init__(self, settings: Settings) -> None:
@@ -84,11 +52,12 @@ class Wrapper:
         headers = {"X-Request-ID": request_id}
         stream = wire.is_stream(body)
         try:
-            upstream = await _unless_disconnected(
+            upstream = await unless_disconnected(
                 request, self.hop.open(model, path, raw, request_id, whole=not stream))
         except ClientGone:
             log.info("request %s: client went away; abandoned", request_id)
             return Response(status_code=CLIENT_CLOSED)
+        log.info("request %s: %s %s -> %s %d", request_id, kind, model, upstream.instance.id, upstream.status)
         headers.update(upstream.headers())
         if upstream.content is None and upstream.content_type.startswith("text/event-stream"):
             return StreamingResponse(self.hop.stream(upstream), status_code=upstream.status,
@@ -117,6 +86,7 @@ class Wrapper:
 
     async def health(self, request: Request) -> Response:
         return json_response({"status": "ok", "models": len(self.table.models()),
+                              "in_flight": self.table.in_flight(),
                               "consul": "down" if self.discovery.outage.down else "up"})
 
     @contextlib.asynccontextmanager

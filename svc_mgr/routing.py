@@ -86,5 +86,8 @@ class RoutingTable:
         warm = [c for c in candidates if c.cooled_until <= now]
         return self.policy(warm or candidates)
 
+    def in_flight(self) -> int:
+        return sum(i.in_flight for instances in self._by_service.values() for i in instances.values())
+
     def cool_down(self, inst: Instance) -> None:
         inst.cooled_until = time.monotonic() + self.cooldown
