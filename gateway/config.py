@@ -55,7 +55,7 @@ class WrapperSettings(_Section):
     timeouts: TimeoutSettings = TimeoutSettings()
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_embedding_inputs: int = Field(2048, ge=1)
-    max_n: int = Field(16, ge=1)
+    max_n: int = Field(128, ge=1)  # OpenAI's own maximum
     max_connections: int = Field(1000, ge=1)
     api_keys: list[ApiKey] = []
     api_keys_file: str | None = None

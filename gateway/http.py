@@ -61,7 +61,8 @@ async def _handle(request: Request, exc: Exception) -> Response:
                               status=404, type="invalid_request_error", code="unknown_url")
         elif exc.status_code == 405:
             exc = OpenAIError(f"Method {request.method} is not allowed for {request.url.path}.",
-                              status=405, type="invalid_request_error", code="method_not_allowed")
+                              status=405, type="invalid_request_error", code="method_not_allowed",
+                              headers=dict(exc.headers or {}))  # Starlette's `Allow` header
         else:
             exc = OpenAIError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
     return error_response(exc)

@@ -52,8 +52,8 @@ def require_routing_fields(body: dict[str, Any], kind: str) -> str:
     model = body.get("model")
     if model is None:
         raise InvalidRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' must be a non-empty string.", param="model", code="invalid_type")
+    if not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string.", param="model", code="invalid_type")
     field = INPUT_FIELD[kind]
     if field not in body:
         raise InvalidRequest(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
@@ -154,7 +154,12 @@ def model_list(entries: list[dict]) -> dict:
 # Only types and ranges of well-known fields are checked; no value is added, changed or dropped.
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    # JSON Schema, and so OpenAI's spec, counts 1.0 as an integer
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+
+def choice_count(body: dict[str, Any]) -> int:
+    return int(body.get("n") or 1)
 
 
 def _is_number(v: Any) -> bool:
@@ -166,48 +171,90 @@ def _messages_ok(v: Any) -> bool:
         isinstance(m, dict) and isinstance(m.get("role"), str) for m in v)
 
 
+def _tokens_ok(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_is_int(t) for t in v)
+
+
 def _prompt_ok(v: Any) -> bool:
-    return isinstance(v, str) or (isinstance(v, list) and len(v) > 0 and all(isinstance(p, str) for p in v))
+    """What OpenAI's spec accepts as a prompt: null, an empty array, or anything an input may be."""
+    return v is None or v == [] or _input_ok(v)
+
+
+def _input_ok(v: Any) -> bool:
+    """A string, or a non-empty array of strings, of tokens, or of token arrays."""
+    if isinstance(v, str):
+        return True
+    if not isinstance(v, list) or not v:
+        return False
+    return all(isinstance(p, str) for p in v) or _tokens_ok(v) or all(_tokens_ok(p) for p in v)
+
+
+def embedding_inputs(value: Any) -> list[Any]:
+    """The inputs of an embeddings request (or a prompt) as a list: one string or token array, or several."""
+    if value is None:
+        return []
+    if isinstance(value, str) or _tokens_ok(value):
+        return [value]
+    return list(value)
 
 
 def _stop_ok(v: Any) -> bool:
     return v is None or isinstance(v, str) or (isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v))
 
 
-_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "messages": (_messages_ok, "'messages' must be a non-empty array of message objects, each with a 'role'."),
-    "prompt": (_prompt_ok, "'prompt' must be a string or a non-empty array of strings."),
-    "input": (_prompt_ok, "'input' must be a string or a non-empty array of strings."),
-    "n": (lambda v: v is None or (_is_int(v) and v >= 1), "'n' must be an integer of at least 1."),
-    "max_tokens": (lambda v: v is None or (_is_int(v) and v >= 1), "'max_tokens' must be a positive integer."),
-    "max_completion_tokens": (lambda v: v is None or (_is_int(v) and v >= 1),
-                              "'max_completion_tokens' must be a positive integer."),
-    "temperature": (lambda v: v is None or (_is_number(v) and 0 <= v <= 2), "'temperature' must be a number from 0 to 2."),
-    "top_p": (lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "'top_p' must be a number from 0 to 1."),
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _int_field(name: str, minimum: int | None = None, maximum: int | None = None) -> Check:
+    def ok(v: Any) -> bool:
+        return v is None or (_is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum))
+    bounds = "" if minimum is None else f" of at least {minimum}" + ("" if maximum is None else f" and at most {maximum}")
+    return ok, f"'{name}' must be an integer{bounds}."
+
+
+def _number_field(name: str, minimum: float, maximum: float) -> Check:
+    return (lambda v: v is None or (_is_number(v) and minimum <= v <= maximum),
+            f"'{name}' must be a number from {minimum:g} to {maximum:g}.")
+
+
+_SAMPLING: dict[str, Check] = {
+    "n": _int_field("n", 1, 128),
+    "temperature": _number_field("temperature", 0, 2),
+    "top_p": _number_field("top_p", 0, 1),
     "stop": (_stop_ok, "'stop' must be a string or an array of up to 4 strings."),
     "stream_options": (lambda v: v is None or isinstance(v, dict), "'stream_options' must be an object."),
-    "encoding_format": (lambda v: v is None or v in ("float", "base64"), "'encoding_format' must be 'float' or 'base64'."),
-    "tools": (lambda v: v is None or isinstance(v, list), "'tools' must be an array."),
 }
 
-_FIELDS = {
-    "chat": ("messages", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
-             "stream_options", "tools"),
-    "completion": ("prompt", "n", "max_tokens", "temperature", "top_p", "stop", "stream_options"),
-    "embedding": ("input", "encoding_format"),
+# The constraints OpenAI's spec states for each endpoint: a request the spec accepts is never refused.
+_CHECKS: dict[str, dict[str, Check]] = {
+    "chat": {
+        "messages": (_messages_ok, "'messages' must be a non-empty array of message objects, each with a 'role'."),
+        "max_tokens": _int_field("max_tokens"),
+        "max_completion_tokens": _int_field("max_completion_tokens"),
+        "tools": (lambda v: v is None or isinstance(v, list), "'tools' must be an array."),
+        **_SAMPLING,
+    },
+    "completion": {
+        "prompt": (_prompt_ok, "'prompt' must be a string, or a non-empty array of strings, tokens or token arrays."),
+        "max_tokens": _int_field("max_tokens", 0),
+        **_SAMPLING,
+    },
+    "embedding": {
+        "input": (_input_ok, "'input' must be a string, or a non-empty array of strings, tokens or token arrays."),
+        "encoding_format": (lambda v: v in ("float", "base64"), "'encoding_format' must be 'float' or 'base64'."),
+        "dimensions": _int_field("dimensions", 1),
+    },
 }
 
 
 def check_fields(body: dict[str, Any], kind: str, max_n: int, max_inputs: int) -> None:
     """400 with `param` for a well-known field of the wrong type or an absurd value."""
-    for name in _FIELDS[kind]:
-        if name in body:
-            ok, message = _CHECKS[name]
-            if not ok(body[name]):
-                raise InvalidRequest(message, param=name, code="invalid_value")
+    for name, (ok, message) in _CHECKS[kind].items():
+        if name in body and not ok(body[name]):
+            raise InvalidRequest(message, param=name, code="invalid_value")
     n = body.get("n")
     if _is_int(n) and n > max_n:
         raise InvalidRequest(f"'n' may be at most {max_n}.", param="n", code="invalid_value")
     inputs = body.get("input")
-    if isinstance(inputs, list) and len(inputs) > max_inputs:
+    if isinstance(inputs, list) and not _tokens_ok(inputs) and len(inputs) > max_inputs:
         raise InvalidRequest(f"'input' may hold at most {max_inputs} items.", param="input", code="invalid_value")

@@ -89,7 +89,7 @@ class Worker:
 
     async def _answers(self, kind: str, body: dict[str, Any]) -> list[Output]:
         async with self.limit:
-            return [await self.generator.answer(kind, body) for _ in range(body.get("n") or 1)]
+            return [await self.generator.answer(kind, body) for _ in range(wire.choice_count(body))]
 
     async def _forward(self, kind: str, body: dict[str, Any], raw: bytes) -> Response:
         """A proxy generator answers with its upstream's bytes, relayed as they come."""
@@ -109,13 +109,13 @@ class Worker:
         body, model, raw = await self._parse(request, "embedding")
         if self.forwards:
             return await self._forward("embedding", body, raw)
-        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        inputs = wire.embedding_inputs(body["input"])
         async with self.limit:
             result = await self.generator.embeddings(body, inputs)
         if len(result.vectors) != len(inputs):
             raise RuntimeError(f"{type(self.generator).__name__}.embed returned {len(result.vectors)} vectors "
                                f"for {len(inputs)} inputs")
-        tokens = result.usage.prompt_tokens if result.usage else sum(map(self.generator.count_tokens, inputs))
+        tokens = result.usage.prompt_tokens if result.usage else sum(map(self._count, inputs))
         return json_response(wire.embedding_list(model, result.vectors, body.get("encoding_format") or "float", tokens))
 
     async def models_list(self, request: Request) -> Response:
@@ -129,11 +129,15 @@ class Worker:
 
     # ---- shapes ------------------------------------------------------------------------------
 
+    def _count(self, text_or_tokens: str | list[int]) -> int:
+        if isinstance(text_or_tokens, list):
+            return len(text_or_tokens)
+        return self.generator.count_tokens(text_or_tokens)
+
     def _prompt_tokens(self, kind: str, body: dict[str, Any]) -> int:
         if kind == "chat":
             return sum(self.generator.count_tokens(_content_text(m.get("content"))) for m in body["messages"])
-        prompt = body["prompt"]
-        return sum(map(self.generator.count_tokens, prompt if isinstance(prompt, list) else [prompt]))
+        return sum(map(self._count, wire.embedding_inputs(body["prompt"])))
 
     def _usage(self, kind: str, body: dict[str, Any], outs: list[Output]) -> dict[str, int]:
         prompt = next((o.usage.prompt_tokens for o in outs if o.usage), None)
@@ -158,7 +162,7 @@ class Worker:
         cid, created = wire.new_id("chatcmpl" if chat else "cmpl"), wire.now()
         outs: list[Output] = []
         async with self.limit:  # held by the stream itself, so it is freed however the stream ends
-            for index in range(body.get("n") or 1):
+            for index in range(wire.choice_count(body)):
                 out = Output()
                 text: list[str] = []
                 first = True

@@ -144,7 +144,8 @@ class Generator:
             async for piece in _iterate_in_thread(iter(source)):
                 yield _as_delta(piece)
 
-    async def embeddings(self, request: dict[str, Any], inputs: list[str]) -> Embeddings:
+    async def embeddings(self, request: dict[str, Any], inputs: list[Any]) -> Embeddings:
+        """`inputs` holds strings, or token arrays where the client sent tokens."""
         result = await _call(self.embed, {**request, "input": inputs})
         if isinstance(result, Embeddings):
             return result

@@ -81,10 +81,17 @@ class EchoGen(Generator):
             yield piece
 
     async def embed(self, request: dict[str, Any]) -> list[list[float]]:
-        return [unit_vector(text) for text in request["input"]]
+        return [unit_vector(_as_text(item)) for item in request["input"]]
+
+
+def _as_text(item: Any) -> str:
+    """Text as is; a token array (EchoGen has no tokenizer) as its numbers."""
+    return item if isinstance(item, str) else " ".join(map(str, item))
 
 
 def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, list):
-        return "".join(p for p in prompt if isinstance(p, str))
-    return prompt if isinstance(prompt, str) else ""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return _as_text(prompt)
+    return "".join(_as_text(p) for p in prompt) if isinstance(prompt, list) else ""

@@ -39,7 +39,7 @@ def error_of(status, body, schemas):
     (b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user"}], "temperature": 99}', "temperature"),
     (b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user"}], "n": 0}', "n"),
     (b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user"}], "n": 100000}', "n"),
-    (b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user"}], "max_tokens": -1}', "max_tokens"),
+    (b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user"}], "max_tokens": "ten"}', "max_tokens"),
 ])
 def test_malformed_chat_bodies_are_400(url, schemas, raw, param):
     status, _, body = post(url + "/chat/completions", raw)
@@ -52,8 +52,11 @@ def test_malformed_chat_bodies_are_400(url, schemas, raw, param):
 @pytest.mark.parametrize("path, payload, param", [
     ("/completions", {"model": MODEL}, "prompt"),
     ("/completions", {"model": MODEL, "prompt": 5}, "prompt"),
+    ("/completions", {"model": MODEL, "prompt": "x", "max_tokens": -1}, "max_tokens"),
+    ("/completions", {"model": MODEL, "prompt": [[1, 2], "mixed"]}, "prompt"),
     ("/embeddings", {"model": MODEL}, "input"),
-    ("/embeddings", {"model": MODEL, "input": [1, 2]}, "input"),
+    ("/embeddings", {"model": MODEL, "input": [1, "two"]}, "input"),
+    ("/embeddings", {"model": MODEL, "input": []}, "input"),
     ("/embeddings", {"model": MODEL, "input": "x", "encoding_format": "hex"}, "encoding_format"),
 ])
 def test_malformed_other_bodies_are_400(url, schemas, path, payload, param):
