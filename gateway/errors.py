@@ -1,11 +1,7 @@
 """The one place that turns a failure into an OpenAI-shaped error."""
 from __future__ import annotations
 
-import logging
-
 import orjson
-
-log = logging.getLogger(__name__)
 
 
 class OpenAIError(Exception):
@@ -71,9 +67,8 @@ class GatewayTimeout(OpenAIError):
 
 
 def error_body(exc: BaseException) -> dict:
-    """`{"error": {...}}` for any exception; unexpected ones are logged and never leak details."""
+    """`{"error": {...}}` for any exception; an unexpected one never leaks its details (log it first)."""
     if not isinstance(exc, OpenAIError):
-        log.error("unexpected error", exc_info=exc)
         exc = OpenAIError("The server had an error while processing your request.", code="internal_error")
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 

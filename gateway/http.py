@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Awaitable, TypeVar
 
 from starlette.exceptions import HTTPException
@@ -10,6 +11,8 @@ from starlette.responses import Response
 
 from . import wire
 from .errors import InvalidRequest, OpenAIError, error_json, error_status
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 T = TypeVar("T")
@@ -65,6 +68,8 @@ async def _handle(request: Request, exc: Exception) -> Response:
                               headers=dict(exc.headers or {}))  # Starlette's `Allow` header
         else:
             exc = OpenAIError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+    elif not isinstance(exc, OpenAIError):
+        log.error("request %s: unexpected error", request.headers.get("x-request-id", "-"), exc_info=exc)
     return error_response(exc)
 
 

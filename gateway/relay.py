@@ -21,8 +21,9 @@ _CONNECT_FAILURES = (aiohttp.ClientConnectionError, OSError)
 class Upstream:
     """One attempt at a worker: its instance's in-flight slot, then its answer once headers arrived."""
 
-    def __init__(self, instance: Instance, deadline: float) -> None:
+    def __init__(self, instance: Instance, deadline: float, request_id: str) -> None:
         self.instance = instance
+        self.request_id = request_id
         self.deadline = deadline
         self.response: aiohttp.ClientResponse | None = None
         self.content: bytes | None = None  # the whole body, for answers read inside the attempt
@@ -113,13 +114,13 @@ class Hop:
             if inst is None or self._remaining(deadline, 1) <= 0:
                 break
             tried.append(inst)
-            attempt = Upstream(inst, deadline)
+            attempt = Upstream(inst, deadline, request_id)
             try:
                 await self._attempt(attempt, path, body, request_id, whole)
             except OpenAIError as exc:
                 attempt.close()
                 self.table.cool_down(inst)
-                log.warning("worker %s failed (%s); %s", inst.id, exc.code,
+                log.warning("request %s: worker %s failed (%s); %s", request_id, inst.id, exc.code,
                             "trying another" if len(tried) < self.settings.max_attempts else "giving up")
                 last = exc
                 continue
@@ -201,7 +202,7 @@ class Hop:
                 error = GatewayTimeout("The worker stopped sending the stream.", code="idle_timeout")
             yield self._boundary(tail) + sse_error_event(error)
         except _CONNECT_FAILURES + (aiohttp.ClientPayloadError,):
-            log.warning("worker %s failed mid-stream", upstream.instance.id)
+            log.warning("request %s: worker %s failed mid-stream", upstream.request_id, upstream.instance.id)
             yield self._boundary(tail) + sse_error_event(
                 BadGateway("The worker failed in the middle of the stream.", code="worker_failed"))
         finally:

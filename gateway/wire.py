@@ -111,7 +111,7 @@ def chat_chunk_choice(index: int, delta: dict, finish_reason: str | None) -> dic
     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
-def text_completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None) -> dict:
+def text_completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None = None) -> dict:
     out = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
     if usage_ is not None:
         out["usage"] = usage_

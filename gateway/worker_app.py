@@ -18,7 +18,7 @@ from generators.base import Delta, Output
 
 from . import wire
 from .config import Settings
-from .errors import InvalidRequest, NotFound, Unauthorized
+from .errors import InvalidRequest, NotFound, Unauthorized, sse_error_event
 from .http import CLIENT_CLOSED, EXCEPTION_HANDLERS, ClientGone, json_response, read_body, unless_disconnected
 from .limits import ConcurrencyLimit
 
@@ -61,7 +61,7 @@ class Worker:
             raise InvalidRequest(f"The model '{model}' does not support {kind} requests.",
                                  param="model", code="unsupported_capability")
         self.served += 1
-        log.info("request %s: %s %s%s", request.headers.get("x-request-id", "-"), kind, model,
+        log.debug("request %s: %s %s%s", request.headers.get("x-request-id", "-"), kind, model,
                  " stream" if wire.is_stream(body) else "")
         return body, model, raw
 
@@ -78,7 +78,7 @@ class Worker:
         if self.forwards:
             return await self._forward(kind, body, raw)
         if wire.is_stream(body):
-            events = self._events(kind, body, model)
+            events = self._events(kind, body, model, request.headers.get("x-request-id", "-"))
             # a failure before the first event is still a plain HTTP error
             return EventSourceResponse(await _started(events), sep="\n")
         try:
@@ -156,49 +156,47 @@ class Worker:
         choices = [wire.text_choice(i, o.text or "", _finish(o)) for i, o in enumerate(outs)]
         return wire.text_completion(wire.new_id("cmpl"), wire.now(), model, choices, usage)
 
-    async def _events(self, kind: str, body: dict[str, Any], model: str) -> AsyncIterator[bytes]:
+    async def _events(self, kind: str, body: dict[str, Any], model: str, request_id: str) -> AsyncIterator[bytes]:
         """SSE events for a whole stream: one id, exactly one finish_reason per choice, [DONE] last."""
-        chat = kind == "chat"
-        cid, created = wire.new_id("chatcmpl" if chat else "cmpl"), wire.now()
-        outs: list[Output] = []
-        async with self.limit:  # held by the stream itself, so it is freed however the stream ends
-            for index in range(wire.choice_count(body)):
-                out = Output()
-                text: list[str] = []
-                first = True
-                async with aclosing(self.generator.stream(kind, body)) as deltas:
-                    async for d in deltas:
-                        out.finish_reason = d.finish_reason or out.finish_reason
-                        out.usage = d.usage or out.usage
-                        if not d.content and not d.tool_calls:
-                            continue
-                        text.append(d.content or "")
-                        if chat:
-                            delta = _chat_delta(d, first)
-                            if d.tool_calls:
-                                out.finish_reason = out.finish_reason or "tool_calls"
-                            yield wire.sse_event(wire.chat_chunk(cid, created, model,
-                                                                 [wire.chat_chunk_choice(index, delta, None)]))
-                        else:
-                            yield wire.sse_event(wire.text_completion(cid, created, model,
-                                                                      [wire.text_choice(index, d.content or "", None)],
-                                                                      None))
-                        first = False
-                out.text = "".join(text)
-                outs.append(out)
-                finish = out.finish_reason or "stop"
-                if chat:
-                    delta = {"role": "assistant", "content": ""} if first else {}
-                    yield wire.sse_event(wire.chat_chunk(cid, created, model, [wire.chat_chunk_choice(index, delta, finish)]))
-                else:
-                    yield wire.sse_event(wire.text_completion(cid, created, model, [wire.text_choice(index, "", finish)], None))
-            if wire.include_usage(body):
-                usage = self._usage(kind, body, outs)
-                if chat:
-                    yield wire.sse_event(wire.chat_chunk(cid, created, model, [], usage))
-                else:
-                    yield wire.sse_event(wire.text_completion(cid, created, model, [], usage))
-            yield wire.DONE_EVENT
+        shape = _StreamShape(kind, model)
+        started = False
+        try:
+            async with self.limit:  # held by the stream itself, so it is freed however the stream ends
+                outs: list[Output] = []
+                for index in range(wire.choice_count(body)):
+                    async with aclosing(self._choice_events(shape, index, kind, body, outs)) as events:
+                        async for event in events:
+                            started = True
+                            yield event
+                if wire.include_usage(body):
+                    yield shape.usage_chunk(self._usage(kind, body, outs))
+                yield wire.DONE_EVENT
+        except Exception as exc:
+            if not started:
+                raise
+            # the status line is gone: end with an error event and no [DONE], so the client sees the cut
+            log.error("request %s: generator failed mid-stream", request_id, exc_info=exc)
+            yield sse_error_event(exc)
+
+    async def _choice_events(self, shape: _StreamShape, index: int, kind: str, body: dict[str, Any],
+                             outs: list[Output]) -> AsyncIterator[bytes]:
+        out = Output()
+        text: list[str] = []
+        first = True
+        async with aclosing(self.generator.stream(kind, body)) as deltas:
+            async for d in deltas:
+                out.finish_reason = d.finish_reason or out.finish_reason
+                out.usage = d.usage or out.usage
+                if not d.content and not d.tool_calls:
+                    continue
+                if d.tool_calls:
+                    out.finish_reason = out.finish_reason or "tool_calls"
+                text.append(d.content or "")
+                yield shape.chunk(index, d, first)
+                first = False
+        out.text = "".join(text)
+        outs.append(out)
+        yield shape.final_chunk(index, out.finish_reason or "stop", first)
 
     def app(self) -> Starlette:
         return Starlette(
@@ -221,6 +219,34 @@ class Worker:
             yield
         finally:
             await self.generator.shutdown()
+
+
+class _StreamShape:
+    """The chunks of one stream: chat.completion.chunk or text_completion, one id and timestamp."""
+
+    def __init__(self, kind: str, model: str) -> None:
+        self.chat = kind == "chat"
+        self.id = wire.new_id("chatcmpl" if self.chat else "cmpl")
+        self.created = wire.now()
+        self.model = model
+
+    def _event(self, choices: list[dict], usage: dict | None = None) -> bytes:
+        build = wire.chat_chunk if self.chat else wire.text_completion
+        return wire.sse_event(build(self.id, self.created, self.model, choices, usage))
+
+    def chunk(self, index: int, d: Delta, first: bool) -> bytes:
+        if self.chat:
+            return self._event([wire.chat_chunk_choice(index, _chat_delta(d, first), None)])
+        return self._event([wire.text_choice(index, d.content or "", None)])
+
+    def final_chunk(self, index: int, finish_reason: str, nothing_sent: bool) -> bytes:
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if nothing_sent else {}
+            return self._event([wire.chat_chunk_choice(index, delta, finish_reason)])
+        return self._event([wire.text_choice(index, "", finish_reason)])
+
+    def usage_chunk(self, usage: dict[str, int]) -> bytes:
+        return self._event([], usage)
 
 
 async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

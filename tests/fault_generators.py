@@ -46,3 +46,14 @@ class SyncTickGen(_Ticks):
             if i:
                 time.sleep(self.delay)
             yield self._tick(i)
+
+
+class FailingStreamGen(Generator):
+    """Streams two words, then raises."""
+
+    models = ("failing-stream",)
+
+    async def chat_stream(self, request):
+        yield "one "
+        yield "two "
+        raise RuntimeError("generator broke")

@@ -22,9 +22,10 @@ def secured(module_procs, consul, tmp_path_factory):
     config.write_text(f"wrapper:\n  api_keys:\n    - key: {TEAM_KEY}\n      models: [{model_a}]\n"
                       f"  api_keys_file: keys.yaml\n")
     env = {"WORKER_SECRET": SECRET}
+    # DEBUG: the per-request lines that carry the request id are DEBUG (they cost throughput at INFO)
     worker = start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", f"{model_a},{model_b}",
-                          env=env)
-    wrapper = start_wrapper(module_procs, consul, "--config", str(config), env=env)
+                          "--log-level", "debug", env=env)
+    wrapper = start_wrapper(module_procs, consul, "--config", str(config), "--log-level", "debug", env=env)
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     wait_until(lambda: routable(wrapper, model_a, admin) and routable(wrapper, model_b, admin), 5, "routable")
     return wrapper, worker, model_a, model_b
@@ -74,7 +75,7 @@ def test_worker_refuses_calls_without_the_secret(secured):
     assert get_json(worker.url + "/health")[0] == 200  # Consul's check needs no secret
 
 
-def test_request_id_ties_logs_and_no_secret_is_logged(secured):
+def test_request_id_ties_logs_and_no_secret_is_logged_even_at_debug(secured):
     wrapper, worker, model_a, _ = secured
     status, headers, _ = chat(wrapper, model_a, TEAM_KEY, {"X-Request-ID": "rid-trace-1234"})
     assert status == 200 and headers["x-request-id"] == "rid-trace-1234"

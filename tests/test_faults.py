@@ -240,3 +240,20 @@ def test_saturated_worker_answers_429_and_the_wrapper_fails_over(procs, consul, 
 
 def consul_passing(consul, service: str) -> list:
     return get_json(f"http://{consul.addr}/v1/health/service/{service}?passing=1")[1]
+
+
+def test_generator_failing_mid_stream_ends_with_an_error_event(procs, consul, wrapper, schemas):
+    model = unique_model("failing")
+    worker = start_worker(procs, consul, "tests.fault_generators.FailingStreamGen", "--models", model)
+    wait_until(lambda: routable(wrapper, model), 5, "routable")
+    with httpx.stream("POST", wrapper.base_url + "/chat/completions", json=chat_body(model, stream=True),
+                      headers={"X-Request-ID": "rid-broken-stream"}, timeout=10) as r:
+        assert r.status_code == 200
+        events = sse_data(list(r.iter_lines()))
+    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:2]] == ["one ", "two "]
+    assert "[DONE]" not in events
+    error = json.loads(events[-1])
+    schemas.validate("ErrorResponse", error)
+    assert error["error"]["type"] == "server_error" and "broke" not in events[-1]
+    assert "rid-broken-stream" in worker.proc.output()  # the failure is logged with the request id
+    wait_idle(wrapper)
