@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import sys
@@ -13,7 +12,7 @@ import aiohttp
 from generators import Generator
 
 from .config import ConfigError, Settings, load_settings
-from .server import serve, uvicorn_config
+from .server import run, serve, uvicorn_config
 
 log = logging.getLogger("gateway")
 
@@ -107,7 +106,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings, generator: Generat
     worker = Worker(generator, settings)
     service = args.svc_name or generator.default_service_name()
     try:
-        return asyncio.run(_serve_worker(args, settings, worker, service))
+        return run(_serve_worker(args, settings, worker, service))
     except ConsulUnreachable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -156,4 +155,4 @@ def wrapper(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     log.info("wrapper listening on http://%s:%s/v1 (Consul at %s)", args.host, args.port, settings.consul.address)
-    return asyncio.run(serve(uvicorn_config(app, args.host, args.port, drain_seconds=settings.worker.drain_seconds)))
+    return run(serve(uvicorn_config(app, args.host, args.port, drain_seconds=settings.worker.drain_seconds)))

@@ -8,6 +8,7 @@ import signal
 from typing import Any, Awaitable, Callable, Iterator
 
 import uvicorn
+import uvloop
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,14 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
+def run(main: Awaitable[int]) -> int:
+    """Run the server's coroutine on uvloop, the event loop uvicorn would pick itself."""
+    return uvloop.run(main)
+
+
 def uvicorn_config(app: Any, host: str, port: int, *, drain_seconds: float = 10.0) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        app, host=host, port=port, http="httptools", lifespan="on",
         access_log=False, log_config=None,
         # longer than the wrapper's pooled keep-alive (30 s): the wrapper closes idle connections first
         timeout_keep_alive=75,
