@@ -32,6 +32,8 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--svc-name", default=None, help="Consul service name (default: the generator's)")
     parser.add_argument("--max-concurrency", type=int, default=None, metavar="N",
                         help="requests served at once; more wait in a bounded queue, then get 429")
+    parser.add_argument("--advertise", default=None, metavar="ADDR",
+                        help="address registered in Consul (default: HOST; 127.0.0.1 when HOST is 0.0.0.0 or ::)")
 
 
 def _setup(args: argparse.Namespace) -> Settings:
@@ -62,18 +64,19 @@ def _split(models: str | None) -> list[str] | None:
 
 
 def template_worker(argv: Sequence[str]) -> int:
-    parser = _base_parser("template_worker.py", "Host a Generator class as an OpenAI-compatible worker.")
+    parser = _base_parser("template_worker.py", "Host a Generator class as an OpenAI-compatible worker. "
+                          "Options of the Generator itself follow its dotted path.")
     parser.add_argument("generator", help="dotted path of a Generator class, e.g. generators.echo.EchoGen")
     _worker_options(parser)
-    args, _ = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
     try:
         cls = import_generator(args.generator)
     except ValueError as exc:
         return _fail(str(exc))
-    cls.add_arguments(parser)
-    args = parser.parse_args(argv)
-    known = {a.dest for a in _base_parser("", "")._actions} | {"generator", "models", "svc_name", "max_concurrency"}
-    options = {k: v for k, v in vars(args).items() if k not in known}
+    own = argparse.ArgumentParser(prog=f"template_worker.py HOST PORT {args.generator}",
+                                  description=f"Options of {cls.__name__}.")
+    cls.add_arguments(own)
+    options = vars(own.parse_args(rest))
     try:
         settings = _setup(args)
         generator = cls(models=_split(args.models), **options)
@@ -118,7 +121,7 @@ async def _serve_worker(args: argparse.Namespace, settings: Settings, worker, se
     if settings.worker.secret is None:
         log.warning("no worker secret set (worker.secret or WORKER_SECRET): anyone who can reach this port "
                     "can call the model")
-    advertised = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    advertised = args.advertise or (args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
     registration: Registration | None = None
 
     async def after_start() -> None:
