@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import multiprocessing
+import os
+import signal
 import logging
 import sys
 from typing import Sequence
@@ -12,7 +15,7 @@ import aiohttp
 from generators import Generator
 
 from .config import ConfigError, Settings, load_settings
-from .server import run, serve, uvicorn_config
+from .server import run, serve, shared_port_socket, uvicorn_config
 
 log = logging.getLogger("gateway")
 
@@ -148,14 +151,43 @@ async def _serve_worker(args: argparse.Namespace, settings: Settings, worker, se
 
 
 def wrapper(argv: Sequence[str]) -> int:
-    from .wrapper_app import Wrapper
-
     parser = _base_parser("main_openai_wrapper_v2.py", "The OpenAI-compatible gateway in front of the workers.")
+    parser.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="serve the port from N processes (default: wrapper.processes)")
     args = parser.parse_args(argv)
     try:
         settings = _setup(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    processes = args.processes or settings.wrapper.processes
+    log.info("wrapper listening on http://%s:%s/v1 with %d process(es) (Consul at %s)", args.host, args.port,
+             processes, settings.consul.address)
+    if processes == 1:
+        return _serve_wrapper(settings, args.host, args.port, share_port=False)
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_serve_wrapper, args=(settings, args.host, args.port, True, args.log_level),
+                                daemon=True) for _ in range(processes - 1)]
+    for child in children:
+        child.start()
+    try:
+        return _serve_wrapper(settings, args.host, args.port, share_port=True)
+    finally:
+        for child in children:
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(settings.worker.drain_seconds + 5)
+
+
+def _serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, log_level: str | None = None) -> int:
+    """One wrapper process, with its own routing table kept in step with Consul by its own watches."""
+    from .wrapper_app import Wrapper
+
+    if log_level is not None:  # a spawned process configures its own logging
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
         app = Wrapper(settings).app()
     except ConfigError as exc:
         return _fail(str(exc))
-    log.info("wrapper listening on http://%s:%s/v1 (Consul at %s)", args.host, args.port, settings.consul.address)
-    return run(serve(uvicorn_config(app, args.host, args.port, drain_seconds=settings.worker.drain_seconds)))
+    sockets = [shared_port_socket(host, port)] if share_port else None
+    return run(serve(uvicorn_config(app, host, port, drain_seconds=settings.worker.drain_seconds), sockets=sockets))

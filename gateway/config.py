@@ -60,6 +60,7 @@ class WrapperSettings(_Section):
     api_keys: list[ApiKey] = []
     api_keys_file: str | None = None
     consul_wait: str = "30s"
+    processes: int = Field(1, ge=1, le=64)
 
 
 class WorkerSettings(_Section):

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from typing import Any, Awaitable, Callable, Iterator
 
 import uvicorn
@@ -64,12 +65,26 @@ def uvicorn_config(app: Any, host: str, port: int, *, drain_seconds: float = 10.
     )
 
 
-async def serve(config: uvicorn.Config, *, after_start: Hook | None = None, before_stop: Hook | None = None) -> int:
+def shared_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket with SO_REUSEPORT, so several processes serve one port (the kernel spreads
+    connections over them)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(config: uvicorn.Config, *, after_start: Hook | None = None, before_stop: Hook | None = None,
+                sockets: list[socket.socket] | None = None) -> int:
     """Serve until SIGINT/SIGTERM. `after_start` runs once the port is bound; if it raises, the server
     stops and the exception propagates. Returns 0 after a clean stop, 1 if the server could not start."""
     server = _Server(config)
     server.before_stop = before_stop
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=sockets))
     while not server.started:
         if task.done():
             return 1  # uvicorn already logged why (port in use, lifespan failure...)

@@ -86,7 +86,7 @@ class Wrapper:
         return json_response(wire.model_entry(name, self.created, instances[0].service))
 
     async def health(self, request: Request) -> Response:
-        return json_response({"status": "ok", "models": len(self.table.models()),
+        return json_response({"status": "ok", "pid": os.getpid(), "models": len(self.table.models()),
                               "in_flight": self.table.in_flight(),
                               "consul": "down" if self.discovery.outage.down else "up"})
 

@@ -1,6 +1,7 @@
 """Registration, discovery and routing against a real Consul agent and real processes."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import routable, start_worker, unique_model
+from conftest import routable, start_worker, start_wrapper, unique_model
 from procs import ROOT, free_port, get_json, post, python_script, wait_until
 
 
@@ -118,3 +119,24 @@ def test_sigterm_drains_a_running_stream(procs, consul, wrapper):
     assert first.choices[0].delta.content + "".join(c.choices[0].delta.content or "" for c in rest) == text
     assert rest[-1].choices[0].finish_reason == "stop"
     assert worker.proc.popen.wait(15) == 0
+
+
+def test_several_wrapper_processes_share_one_port(procs, consul):
+    model = unique_model()
+    start_worker(procs, consul, "generators.echo.EchoGen", "--models", model)
+    wrapper = start_wrapper(procs, consul, "--processes", "2")
+    pids = set()
+
+    def both_processes_route() -> bool:
+        # a fresh connection each time, so the kernel spreads them over the processes
+        pids.add(httpx.get(wrapper.url + "/health").json()["pid"])
+        return len(pids) == 2 and routable(wrapper, model)
+
+    wait_until(both_processes_route, 10, "two processes answering on one port", interval=0)
+    for _ in range(20):
+        assert chat(wrapper, model)[0] == 200
+    wrapper.proc.signal(signal.SIGTERM)
+    assert wrapper.proc.popen.wait(20) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
