@@ -39,7 +39,13 @@ def write_config(tmp_path, text: str):
     return str(path)
 
 
-def test_kill_9_under_load_loses_no_request(procs, consul, wrapper):
+@pytest.fixture(params=["random", "least_in_flight"])
+def balanced_wrapper(request, procs, consul, tmp_path):
+    return start_wrapper(procs, consul, "--config", write_config(tmp_path, f"wrapper:\n  balancer: {request.param}\n"))
+
+
+def test_kill_9_under_load_loses_no_request(procs, consul, balanced_wrapper):
+    wrapper = balanced_wrapper
     model = unique_model()
     doomed = start_worker(procs, consul, "generators.echo.EchoGen", "--models", model)
     start_worker(procs, consul, "generators.echo.EchoGen", "--models", model)
