@@ -10,12 +10,10 @@ import logging
 import sys
 from typing import Sequence
 
-import aiohttp
-
 from generators import Generator
 
 from .config import ConfigError, Settings, load_settings
-from .server import run, serve, shared_port_socket, uvicorn_config
+from .server import run, serve, serve_worker, shared_port_socket, uvicorn_config
 
 log = logging.getLogger("gateway")
 
@@ -111,43 +109,12 @@ def _run_worker(args: argparse.Namespace, settings: Settings, generator: Generat
             update={"max_concurrency": args.max_concurrency})})
     worker = Worker(generator, settings)
     service = args.svc_name or generator.default_service_name()
+    advertised = args.advertise or (args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
     try:
-        return run(_serve_worker(args, settings, worker, service))
-    except ConsulUnreachable as exc:
+        return run(serve_worker(worker, settings, args.host, args.port, advertised, service))
+    except (ConsulUnreachable, ValueError) as exc:  # ValueError: the Generator's start-up refused its settings
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
-
-async def _serve_worker(args: argparse.Namespace, settings: Settings, worker, service: str) -> int:
-    from svc_mgr import Registration
-
-    if settings.worker.secret is None:
-        log.warning("no worker secret set (worker.secret or WORKER_SECRET): anyone who can reach this port "
-                    "can call the model")
-    advertised = args.advertise or (args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
-    registration: Registration | None = None
-
-    async def after_start() -> None:
-        nonlocal registration
-        health = f"http://{advertised}:{args.port}/health"
-        async with aiohttp.ClientSession() as session, session.get(health) as resp:
-            resp.raise_for_status()
-        registration = Registration(settings.consul, settings.worker, name=service, host=advertised,
-                                    port=args.port, models=worker.generator.models, health_url=health)
-        try:
-            await registration.register()
-        except BaseException:
-            await registration.close()
-            raise
-        registration.start_keepalive()
-
-    async def before_stop() -> None:
-        if registration is not None:
-            await registration.deregister()
-            await registration.close()
-
-    config = uvicorn_config(worker.app(), args.host, args.port, drain_seconds=settings.worker.drain_seconds)
-    return await serve(config, after_start=after_start, before_stop=before_stop)
 
 
 def wrapper(argv: Sequence[str]) -> int:

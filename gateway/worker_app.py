@@ -36,6 +36,7 @@ class Worker:
         self.models: frozenset[str] = frozenset()  # set at start-up: a proxy learns its models then
         self.forwards = callable(getattr(generator, "forward", None))
         self.served = 0  # model calls accepted, reported by /health
+        self._started = False
         self.limit = ConcurrencyLimit(settings.worker.max_concurrency, settings.worker.max_queue)
         self._secret = settings.worker.secret.encode() if settings.worker.secret else None
 
@@ -211,14 +212,26 @@ class Worker:
             lifespan=self._lifespan,
         )
 
+    async def start(self) -> None:
+        """Start the Generator (a proxy learns its models here) before requests arrive; once."""
+        if not self._started:
+            self._started = True
+            await self.generator.startup()
+            self.models = frozenset(self.generator.models)
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.generator.shutdown()
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        await self.generator.startup()
-        self.models = frozenset(self.generator.models)
+        # the entry script starts the Worker before binding; this covers the app served some other way
+        await self.start()
         try:
             yield
         finally:
-            await self.generator.shutdown()
+            await self.stop()
 
 
 class _StreamShape:

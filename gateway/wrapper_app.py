@@ -18,7 +18,7 @@ from . import wire
 from .auth import KeyRing
 from .config import Settings, load_api_keys
 from .http import CLIENT_CLOSED, EXCEPTION_HANDLERS, JSON, ClientGone, json_response, read_body, unless_disconnected
-from .relay import Hop, Upstream, model_not_found
+from .relay import Hop, model_not_found
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,13 @@
 
 It answers with the upstream's own bytes (JSON or SSE, untouched), so every field the upstream
 returns reaches the client. Requests pass through unchanged but for `model`, which an alias may map.
+Its models are `--models` (NAME or PUBLIC=UPSTREAM), or else the upstream's own `GET /models` list,
+read at start-up. Upstream errors keep their meaning (see `_raise_for_upstream`); the API key is sent
+to the upstream only, and is cut out of any upstream message passed on.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -15,6 +19,8 @@ from gateway.config import UpstreamSettings
 from gateway.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited, sse_error_event
 
 from .base import Generator
+
+log = logging.getLogger(__name__)
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 PASS_THROUGH_STATUSES = frozenset({400, 404, 409, 413, 422})
@@ -46,9 +52,11 @@ class OpenAIUpstreamGen(Generator):
     service_name = "openai-upstream"
     owned_by = "openai-upstream"
 
-    def __init__(self, models=None, aliases: dict[str, str] | None = None,
+    def __init__(self, models: list[str] | None = None, aliases: dict[str, str] | None = None,
                  upstream: UpstreamSettings | None = None) -> None:
-        self.aliases = dict(aliases) if aliases else ({m: m for m in models} if models else {})
+        if aliases is None and models:  # e.g. template_worker.py's --models, which may hold PUBLIC=UPSTREAM items
+            aliases = parse_aliases(",".join(models))
+        self.aliases = dict(aliases or {})
         self.upstream = upstream or UpstreamSettings()
         self.models = tuple(self.aliases)  # filled from the upstream at start-up when empty
         self._client: httpx.AsyncClient | None = None
@@ -64,12 +72,29 @@ class OpenAIUpstreamGen(Generator):
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
         )
         if not self.aliases:
-            response = await self._send("GET", "/models", None)
-            data = orjson.loads(await response.aread())
-            self.aliases = {m["id"]: m["id"] for m in data.get("data", [])}
+            self.aliases = {m: m for m in await self._discover()}
             self.models = tuple(self.aliases)
-            if not self.models:
-                raise ValueError(f"the upstream at {self.upstream.api_base} lists no models; pass --models")
+            log.info("serving the upstream's models: %s", ", ".join(self.models))
+
+    async def _discover(self) -> list[str]:
+        """The model ids of the upstream's `GET /models`, in its order."""
+        where = f"the upstream at {self.upstream.api_base}"
+        try:
+            response = await self._send("GET", "/models", None)
+        except OpenAIError as exc:
+            raise ValueError(f"cannot list the models of {where}: {exc.message} Pass --models to skip this.") from None
+        try:
+            entries = orjson.loads(await response.aread()).get("data")
+        except (orjson.JSONDecodeError, AttributeError, httpx.TransportError):
+            entries = None
+        finally:
+            await response.aclose()
+        if not isinstance(entries, list):
+            raise ValueError(f"{where} answered GET /models without an OpenAI model list; pass --models")
+        ids = list(dict.fromkeys(m["id"] for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)))
+        if not ids:
+            raise ValueError(f"{where} lists no models; pass --models")
+        return ids
 
     async def shutdown(self) -> None:
         if self._client is not None:
@@ -87,7 +112,7 @@ class OpenAIUpstreamGen(Generator):
             raise BadGateway(f"The upstream API could not be reached ({exc.__class__.__name__}).",
                              code="upstream_unreachable") from None
         if response.status_code >= 400:
-            await _raise_for_upstream(response)
+            await _raise_for_upstream(response, self.upstream.api_key)
         return response
 
     async def forward(self, capability: str, request: dict[str, Any], raw: bytes) -> Forwarded:
@@ -111,8 +136,12 @@ async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:
         await response.aclose()
 
 
-async def _raise_for_upstream(response: httpx.Response) -> None:
-    """Map an upstream error status to the error the client should see; the key never appears in it."""
+async def _raise_for_upstream(response: httpx.Response, api_key: str | None = None) -> None:
+    """Map an upstream error status to the error the client should see; the key never appears in it.
+
+    400/404/409/413/422: the client's own mistake, passed on with the upstream's status and error body.
+    429: passed on with its Retry-After. 401/403: the worker's key is wrong, not the client's: 502.
+    504: 504. Anything else: 502 (the wrapper then tries another instance, if there is one)."""
     try:
         raw = await response.aread()
     finally:
@@ -125,6 +154,8 @@ async def _raise_for_upstream(response: httpx.Response) -> None:
     if not isinstance(error, dict):
         error = {"message": str(error)}
     message = str(error.get("message") or f"The upstream API answered {status}.")
+    if api_key:
+        message = message.replace(api_key, "[OPENAI_API_KEY]")
     if status in PASS_THROUGH_STATUSES:
         raise OpenAIError(message, status=status, type=str(error.get("type") or "invalid_request_error"),
                           param=error.get("param"), code=error.get("code"))

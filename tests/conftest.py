@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import jsonschema
+import openai
 import pytest
 
 from procs import ROOT, Consul, Proc, Procs, free_port, get_json, python_script, wait_until
@@ -62,14 +65,15 @@ class Server:
 
 
 def start_worker(procs: Procs, consul: Consul, generator: str = "generators.echo.EchoGen", *args: str,
-                 env: dict[str, str] | None = None, script: str = "template_worker.py", wait: bool = True) -> Server:
+                 env: dict[str, str] | None = None, script: str = "template_worker.py", wait: bool = True,
+                 register_timeout: float = 20) -> Server:
     port = free_port()
     argv = [generator] if script == "template_worker.py" else []
     proc = procs.start(f"worker-{port}", python_script(script, "127.0.0.1", str(port), *argv, *args),
                        env={"CONSUL_HTTP_ADDR": consul.addr, **(env or {})})
     server = Server(proc, port)
     if wait:
-        wait_until(lambda: f"-127.0.0.1-{port}" in " ".join(consul.services()), 20,
+        wait_until(lambda: f"-127.0.0.1-{port}" in " ".join(consul.services()), register_timeout,
                    f"worker on {port} to register\n{proc.output()}")
     return server
 
@@ -86,6 +90,14 @@ def start_wrapper(procs: Procs, consul: Consul, *args: str, env: dict[str, str] 
 def routable(wrapper: Server, model: str, headers: dict[str, str] | None = None) -> bool:
     status, body = get_json(wrapper.base_url + "/models", headers)
     return status == 200 and model in {m["id"] for m in body["data"]}
+
+
+@contextlib.contextmanager
+def sdk_client(wrapper: Server, model: str, timeout: float = 60) -> Iterator[openai.OpenAI]:
+    """The real openai SDK pointed at the wrapper, once `model` is routable there."""
+    wait_until(lambda: routable(wrapper, model), 10, f"{model} to be routable")
+    with openai.OpenAI(base_url=wrapper.base_url, api_key="unused", max_retries=0, timeout=timeout) as client:
+        yield client
 
 
 def unique_model(prefix: str = "echo") -> str:

@@ -9,8 +9,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import routable, start_worker, unique_model
-from procs import wait_until
+from conftest import sdk_client, start_worker, unique_model
 
 MODEL = unique_model()
 
@@ -18,8 +17,7 @@ MODEL = unique_model()
 @pytest.fixture(scope="module")
 def client(module_procs, consul, wrapper):
     start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", MODEL)
-    wait_until(lambda: routable(wrapper, MODEL), 5, f"{MODEL} to be routable")
-    with openai.OpenAI(base_url=wrapper.base_url, api_key="unused", max_retries=0) as c:
+    with sdk_client(wrapper, MODEL) as c:
         yield c
 
 

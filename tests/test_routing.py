@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import threading
 
 import httpx
 import openai
@@ -140,3 +138,11 @@ def test_several_wrapper_processes_share_one_port(procs, consul):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_generator_failing_at_startup_exits_1_without_registering(procs, consul):
+    worker = start_worker(procs, consul, "openai_worker", script="openai_worker.py", wait=False,
+                          env={"OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"})
+    assert worker.proc.popen.wait(30) == 1
+    assert "cannot list the models" in worker.proc.output()
+    assert not any(s.endswith(f"-{worker.port}") for s in consul.services())

@@ -1,0 +1,296 @@
+"""openai_worker.py: OpenAIUpstreamGen against a mocked upstream (respx) for every upstream shape and
+failure, then end to end with a real OpenAI-compatible upstream (an EchoGen worker on loopback) behind
+openai_worker.py, behind the wrapper, called with the openai SDK."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+import respx
+from starlette.testclient import TestClient
+
+from conftest import routable, start_worker, unique_model
+from gateway.config import Settings, UpstreamSettings
+from gateway.errors import OpenAIError
+from gateway.worker_app import Worker
+from generators.echo import unit_vector
+from generators.openai_upstream import OpenAIUpstreamGen, parse_aliases
+from procs import get_json, wait_until
+
+BASE = "https://upstream.test/v1"
+KEY = "sk-upstream-secret-0123456789"
+UPSTREAM = UpstreamSettings(api_base=BASE, api_key=KEY, timeout=5.0)
+CHAT = {"model": "public", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def gen(models: str | None = "public=gpt-upstream") -> OpenAIUpstreamGen:
+    return OpenAIUpstreamGen(aliases=parse_aliases(models), upstream=UPSTREAM)
+
+
+async def _forward(g: OpenAIUpstreamGen, capability: str, request: dict, raw: bytes | None = None):
+    await g.startup()
+    try:
+        forwarded = await g.forward(capability, request, raw if raw is not None else json.dumps(request).encode())
+        return forwarded, b"".join([chunk async for chunk in forwarded.body])
+    finally:
+        await g.shutdown()
+
+
+def forward(g, capability, request, raw=None):
+    return asyncio.run(_forward(g, capability, request, raw))
+
+
+def failure(g, request=CHAT) -> OpenAIError:
+    with pytest.raises(OpenAIError) as err:
+        forward(g, "chat", request)
+    assert KEY not in err.value.message
+    return err.value
+
+
+# ---- the upstream shapes -------------------------------------------------------------------------
+
+@respx.mock
+def test_the_body_passes_through_byte_for_byte_with_the_key():
+    route = respx.post(f"{BASE}/chat/completions").respond(json={"id": "x", "choices": []})
+    raw = b'{"model": "same", "messages": [{"role": "user", "content": "hi"}], "temperature": 1.3, "new_field": [1]}'
+    forwarded, body = forward(gen("same"), "chat", json.loads(raw), raw)
+    sent = route.calls.last.request
+    assert sent.content == raw  # nothing added, removed or re-encoded
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert (forwarded.status, forwarded.content_type, json.loads(body)) == (200, "application/json",
+                                                                           {"id": "x", "choices": []})
+
+
+@respx.mock
+def test_an_alias_renames_only_the_model():
+    route = respx.post(f"{BASE}/embeddings").respond(json={"data": []})
+    forward(gen(), "embedding", {"model": "public", "input": ["a"], "dimensions": 8})
+    assert json.loads(route.calls.last.request.content) == {"model": "gpt-upstream", "input": ["a"], "dimensions": 8}
+
+
+@respx.mock
+def test_a_stream_is_relayed_as_the_upstream_sent_it():
+    events = b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: {"choices": []}\n\ndata: [DONE]\n\n'
+    respx.post(f"{BASE}/completions").respond(headers={"content-type": "text/event-stream"}, content=events)
+    forwarded, body = forward(gen(), "completion", {"model": "public", "prompt": "x", "stream": True})
+    assert forwarded.content_type.startswith("text/event-stream")
+    assert body == events
+
+
+class _BrokenStream(httpx.AsyncByteStream):
+    async def __aiter__(self):
+        yield b'data: {"choices": []}\n\n'
+        raise httpx.ReadError("connection reset")
+
+
+@respx.mock
+def test_an_upstream_failing_mid_stream_ends_with_an_error_event():
+    respx.post(f"{BASE}/chat/completions").respond(headers={"content-type": "text/event-stream"},
+                                                     stream=_BrokenStream())
+    _, body = forward(gen(), "chat", {**CHAT, "stream": True})
+    first, error = body.split(b"\n\n", 1)
+    assert first == b'data: {"choices": []}'
+    assert json.loads(error.removeprefix(b"data: "))["error"]["code"] == "upstream_failed"
+
+
+# ---- upstream errors -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+@respx.mock
+def test_client_errors_pass_through_with_the_upstream_body(status):
+    error = {"message": "Invalid value for 'temperature'.", "type": "invalid_request_error",
+             "param": "temperature", "code": "invalid_value"}
+    respx.post(f"{BASE}/chat/completions").respond(status, json={"error": error})
+    err = failure(gen())
+    assert (err.status, err.message, err.type, err.param, err.code) == (status, *error.values())
+
+
+@respx.mock
+def test_the_key_is_cut_out_of_a_passed_on_message():
+    respx.post(f"{BASE}/chat/completions").respond(400, json={"error": {"message": f"bad request for key {KEY}"}})
+    assert failure(gen()).message == "bad request for key [OPENAI_API_KEY]"
+
+
+@respx.mock
+def test_rate_limit_keeps_retry_after():
+    respx.post(f"{BASE}/chat/completions").respond(
+        429, headers={"Retry-After": "12"}, json={"error": {"message": "Slow down", "code": "rate_limit_exceeded"}})
+    err = failure(gen())
+    assert (err.status, err.type, err.message, err.headers) == (429, "rate_limit_error", "Slow down",
+                                                                {"Retry-After": "12"})
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@respx.mock
+def test_refused_credentials_are_the_workers_problem_502(status):
+    respx.post(f"{BASE}/chat/completions").respond(
+        status, json={"error": {"message": f"Incorrect API key provided: {KEY}", "code": "invalid_api_key"}})
+    err = failure(gen())
+    assert err.status == 502
+    assert err.code == "upstream_auth_failed"
+    assert "refused this worker's credentials" in err.message
+
+
+@pytest.mark.parametrize("exc, status, code", [
+    (httpx.ConnectError("connection refused"), 502, "upstream_unreachable"),
+    (httpx.RemoteProtocolError("server disconnected"), 502, "upstream_unreachable"),
+    (httpx.ConnectTimeout("connect timed out"), 504, "upstream_timeout"),
+    (httpx.ReadTimeout("read timed out"), 504, "upstream_timeout"),
+])
+@respx.mock
+def test_unreachable_is_502_and_timeout_is_504(exc, status, code):
+    respx.post(f"{BASE}/chat/completions").mock(side_effect=exc)
+    err = failure(gen())
+    assert (err.status, err.code) == (status, code)
+
+
+@pytest.mark.parametrize("response, status, code", [
+    (httpx.Response(500, text="<html>Internal Server Error</html>"), 502, "upstream_error"),
+    (httpx.Response(503, json={"error": {"message": "overloaded"}}), 502, "upstream_error"),
+    (httpx.Response(504, text="gateway timeout"), 504, "upstream_timeout"),
+])
+@respx.mock
+def test_upstream_server_errors(response, status, code):
+    respx.post(f"{BASE}/chat/completions").mock(return_value=response)
+    err = failure(gen())
+    assert (err.status, err.code) == (status, code)
+
+
+@respx.mock
+def test_the_worker_app_answers_upstream_errors_in_openai_shape(schemas):
+    respx.post(f"{BASE}/chat/completions").mock(side_effect=[
+        httpx.Response(429, headers={"Retry-After": "3"}, json={"error": {"message": "Slow down"}}),
+        httpx.Response(401, json={"error": {"message": f"Incorrect API key provided: {KEY}"}}),
+        httpx.Response(200, headers={"content-type": "text/event-stream"}, content=b"data: [DONE]\n\n"),
+    ])
+    with TestClient(Worker(gen(), Settings()).app()) as worker:
+        limited = worker.post("/v1/chat/completions", json=CHAT)
+        refused = worker.post("/v1/chat/completions", json=CHAT)
+        streamed = worker.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "3")
+    assert refused.status_code == 502
+    for response in (limited, refused):
+        schemas.validate("ErrorResponse", response.json())
+        assert KEY not in response.text
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.content == b"data: [DONE]\n\n"
+
+
+# ---- model discovery -----------------------------------------------------------------------------
+
+def _start(g: OpenAIUpstreamGen) -> tuple[str, ...]:
+    async def go():
+        await g.startup()
+        await g.shutdown()
+        return g.models
+    return asyncio.run(go())
+
+
+@respx.mock
+def test_models_are_discovered_from_the_upstream():
+    respx.get(f"{BASE}/models").respond(json={"object": "list", "data": [
+        {"id": "gpt-a", "object": "model"}, {"id": "gpt-b", "object": "model"}, {"id": "gpt-a"}]})
+    g = gen(None)
+    assert _start(g) == ("gpt-a", "gpt-b")
+    assert g.aliases == {"gpt-a": "gpt-a", "gpt-b": "gpt-b"}
+
+
+@respx.mock
+def test_given_models_skip_discovery():
+    route = respx.get(f"{BASE}/models").respond(json={"data": [{"id": "other"}]})
+    assert _start(gen("a,b=upstream-b")) == ("a", "b")
+    assert not route.called
+
+
+def test_template_worker_style_models_are_aliases_too():
+    g = OpenAIUpstreamGen(models=["a", "b=upstream-b"], upstream=UPSTREAM)
+    assert (g.models, g.aliases) == (("a", "b"), {"a": "a", "b": "upstream-b"})
+
+
+@pytest.mark.parametrize("response, says", [
+    (httpx.Response(401, json={"error": {"message": f"Incorrect API key provided: {KEY}"}}), "credentials"),
+    (httpx.Response(200, json={"object": "list", "data": []}), "lists no models"),
+    (httpx.Response(200, text="<html>not an API</html>"), "without an OpenAI model list"),
+])
+@respx.mock
+def test_discovery_failures_stop_start_up_with_a_reason(response, says):
+    respx.get(f"{BASE}/models").mock(return_value=response)
+    with pytest.raises(ValueError) as err:
+        _start(gen(None))
+    assert says in str(err.value)
+    assert KEY not in str(err.value)
+
+
+# ---- end to end: SDK -> wrapper -> openai_worker.py -> a real OpenAI-compatible server --------------
+
+UP = unique_model("upstream")
+PUBLIC = unique_model("public")
+MISSING = unique_model("missing")
+E2E_KEY = "sk-e2e-secret-9876543210"
+
+
+@pytest.fixture(scope="module")
+def upstream(module_procs, consul):
+    return start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", UP,
+                        "--svc-name", unique_model("upstream-svc"))
+
+
+@pytest.fixture(scope="module")
+def relay_worker(module_procs, consul, upstream):
+    return start_worker(module_procs, consul, "(openai_worker.py takes no generator)",
+                        "--models", f"{PUBLIC}={UP},{MISSING}=not-on-the-upstream",
+                        "--svc-name", unique_model("relay-svc"), script="openai_worker.py",
+                        env={"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": E2E_KEY})
+
+
+@pytest.fixture(scope="module")
+def client(relay_worker, wrapper):
+    wait_until(lambda: routable(wrapper, PUBLIC), 10, f"{PUBLIC} to be routable")
+    with openai.OpenAI(base_url=wrapper.base_url, api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def test_e2e_chat_json_and_stream(client):
+    text = "relayed  through two  hops"
+    whole = client.chat.completions.create(model=PUBLIC, messages=[{"role": "user", "content": text}])
+    assert whole.choices[0].message.content == text
+    assert whole.model == UP  # the upstream's bytes, untouched: it names the model it ran (OpenAI does too)
+    assert whole.usage.completion_tokens == 4
+    chunks = list(client.chat.completions.create(model=PUBLIC, messages=[{"role": "user", "content": text}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == len(text.split())
+    assert chunks[-1].usage.completion_tokens == 4
+
+
+def test_e2e_completions_and_embeddings(client):
+    assert client.completions.create(model=PUBLIC, prompt="say this").choices[0].text == "say this"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model=PUBLIC, prompt="a b c", stream=True))
+    assert streamed == "a b c"
+    floats = client.embeddings.create(model=PUBLIC, input=["one", "two"], encoding_format="float")
+    assert floats.data[1].embedding == pytest.approx(unit_vector("two"))
+    packed = client.embeddings.create(model=PUBLIC, input="one")  # the SDK asks for base64
+    assert packed.data[0].embedding == pytest.approx(unit_vector("one"), abs=1e-6)
+
+
+def test_e2e_upstream_404_passes_through(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model=MISSING, messages=[{"role": "user", "content": "x"}])
+    assert err.value.response.json()["error"]["code"] == "model_not_found"
+    assert "not-on-the-upstream" in err.value.message  # the upstream's own message
+
+
+def test_e2e_the_key_is_never_logged(client, relay_worker):
+    client.chat.completions.create(model=PUBLIC, messages=[{"role": "user", "content": "x"}])
+    assert E2E_KEY not in relay_worker.proc.output()
+
+
+def test_e2e_models_are_discovered_without_models_option(module_procs, consul, upstream):
+    discovering = start_worker(module_procs, consul, "(openai_worker.py takes no generator)",
+                               "--svc-name", unique_model("discovering-svc"), script="openai_worker.py",
+                               env={"OPENAI_BASE_URL": upstream.base_url})
+    status, health = get_json(discovering.url + "/health")
+    assert (status, health["models"]) == (200, [UP])
