@@ -3,6 +3,6 @@
 # Tests start their own Consul agent, workers and wrappers on free loopback ports.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-"$root/scripts/setup.sh"
+"$root/scripts/setup.sh" --models
 cd "$root"
 exec python3 -m pytest "$@"
