@@ -10,7 +10,7 @@ from .errors import Unauthorized
 
 class KeyRing:
     def __init__(self, keys: Sequence[ApiKey]) -> None:
-        self._keys = [(k.key.encode(), k) for k in keys]
+        self._keys = [(k.key.get_secret_value().encode(), k) for k in keys]
 
     @property
     def open(self) -> bool:

@@ -10,9 +10,13 @@ from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "env.yaml"
+
+
+def secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 class ConfigError(Exception):
@@ -27,7 +31,7 @@ class ConsulSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8500, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
-    token: str | None = None
+    token: SecretStr | None = None  # secrets print as ********** wherever settings are shown
     verify: bool = True
 
     @property
@@ -43,7 +47,7 @@ class TimeoutSettings(_Section):
 
 
 class ApiKey(_Section):
-    key: str = Field(min_length=8)
+    key: SecretStr = Field(min_length=8)
     models: list[str] | None = None  # None: every model
     name: str | None = None
 
@@ -70,14 +74,14 @@ class WorkerSettings(_Section):
     drain_seconds: float = Field(10.0, ge=0)
     register_attempts: int = Field(5, ge=1)
     keepalive_interval: float = Field(3.0, gt=0)
-    secret: str | None = None
+    secret: SecretStr | None = None
     max_concurrency: int | None = Field(None, ge=1)
     max_queue: int = Field(64, ge=0)
 
 
 class UpstreamSettings(_Section):
     api_base: str = "https://api.openai.com/v1"
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     timeout: float = Field(600.0, gt=0)
 
 

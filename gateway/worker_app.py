@@ -38,7 +38,7 @@ class Worker:
         self.served = 0  # model calls accepted, reported by /health
         self._started = False
         self.limit = ConcurrencyLimit(settings.worker.max_concurrency, settings.worker.max_queue)
-        self._secret = settings.worker.secret.encode() if settings.worker.secret else None
+        self._secret = settings.worker.secret.get_secret_value().encode() if settings.worker.secret else None
 
     # ---- request checks ----------------------------------------------------------------------
 

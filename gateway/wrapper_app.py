@@ -16,7 +16,7 @@ from svc_mgr import POLICIES, Discovery, RoutingTable
 
 from . import wire
 from .auth import KeyRing
-from .config import Settings, load_api_keys
+from .config import Settings, load_api_keys, secret
 from .http import CLIENT_CLOSED, EXCEPTION_HANDLERS, JSON, ClientGone, json_response, read_body, unless_disconnected
 from .relay import Hop, model_not_found
 
@@ -27,7 +27,7 @@ class Wrapper:
         self.settings = settings
         self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown)
         self.keys = KeyRing(load_api_keys(settings))
-        self.hop = Hop(self.table, settings.wrapper, settings.worker.secret)
+        self.hop = Hop(self.table, settings.wrapper, secret(settings.worker.secret))
         self.discovery = Discovery(settings.consul, self.table, settings.wrapper.consul_wait)
         self.created = wire.now()
 

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 import httpx
 import orjson
 
-from gateway.config import UpstreamSettings
+from gateway.config import UpstreamSettings, secret
 from gateway.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited, sse_error_event
 
 from .base import Generator
@@ -65,7 +65,8 @@ class OpenAIUpstreamGen(Generator):
         return capability in PATHS
 
     async def startup(self) -> None:
-        headers = {"Authorization": f"Bearer {self.upstream.api_key}"} if self.upstream.api_key else {}
+        api_key = secret(self.upstream.api_key)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.upstream.api_base.rstrip("/"), headers=headers,
             timeout=httpx.Timeout(self.upstream.timeout, connect=10.0),
@@ -112,7 +113,7 @@ class OpenAIUpstreamGen(Generator):
             raise BadGateway(f"The upstream API could not be reached ({exc.__class__.__name__}).",
                              code="upstream_unreachable") from None
         if response.status_code >= 400:
-            await _raise_for_upstream(response, self.upstream.api_key)
+            await _raise_for_upstream(response, secret(self.upstream.api_key))
         return response
 
     async def forward(self, capability: str, request: dict[str, Any], raw: bytes) -> Forwarded:

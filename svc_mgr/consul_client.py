@@ -9,7 +9,7 @@ from __future__ import annotations
 import aiohttp
 import consul.base
 
-from gateway.config import ConsulSettings
+from gateway.config import ConsulSettings, secret
 
 ConsulException = consul.base.ConsulException
 
@@ -62,4 +62,4 @@ class AsyncConsul(consul.base.Consul):
 
 def connect(settings: ConsulSettings) -> AsyncConsul:
     return AsyncConsul(host=settings.host, port=settings.port, scheme=settings.scheme,
-                       token=settings.token, verify=settings.verify)
+                       token=secret(settings.token), verify=settings.verify)

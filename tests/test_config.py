@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from gateway.config import ConfigError, load_settings
+from gateway.config import ConfigError, load_settings, secret
 from procs import ROOT, python_script
 
 
@@ -38,9 +38,10 @@ def test_wrong_type_names_key_and_file(tmp_path):
 def test_consul_environment_overrides_the_file(tmp_path):
     path = write(tmp_path, "consul:\n  host: file-host\n  port: 1234\n  token: file-token\n")
     s = load_settings(path, environ={"CONSUL_HTTP_ADDR": "https://10.1.2.3:8501", "CONSUL_HTTP_TOKEN": "env-token"})
-    assert (s.consul.scheme, s.consul.host, s.consul.port, s.consul.token) == ("https", "10.1.2.3", 8501, "env-token")
+    assert (s.consul.scheme, s.consul.host, s.consul.port, secret(s.consul.token)) == ("https", "10.1.2.3", 8501, "env-token")
+    assert "env-token" not in repr(s)  # secrets never print
     s = load_settings(path, environ={"CONSUL_HTTP_ADDR": "127.0.0.1:9500"})
-    assert (s.consul.scheme, s.consul.host, s.consul.port, s.consul.token) == ("http", "127.0.0.1", 9500, "file-token")
+    assert (s.consul.scheme, s.consul.host, s.consul.port, secret(s.consul.token)) == ("http", "127.0.0.1", 9500, "file-token")
 
 
 def test_bad_consul_addr_is_named(tmp_path):
@@ -51,7 +52,7 @@ def test_bad_consul_addr_is_named(tmp_path):
 def test_openai_upstream_environment_overrides(tmp_path):
     path = write(tmp_path, "openai:\n  api_base: http://file/v1\n")
     s = load_settings(path, environ={"OPENAI_BASE_URL": "http://env/v1", "OPENAI_API_KEY": "sk-env"})
-    assert (s.openai.api_base, s.openai.api_key) == ("http://env/v1", "sk-env")
+    assert (s.openai.api_base, secret(s.openai.api_key)) == ("http://env/v1", "sk-env")
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
