@@ -80,14 +80,22 @@ class Discovery:
                 backoff = min(backoff * 2, 5)
                 continue
             ours = {name for name, tags in services.items() if MARKER_TAG in (tags or [])}
+            first_answers = []
             for name in ours - self._tasks.keys():
-                self._tasks[name] = asyncio.create_task(self._watch_health(name), name=f"consul-health-{name}")
+                answered = asyncio.Event()
+                first_answers.append(answered.wait())
+                self._tasks[name] = asyncio.create_task(self._watch_health(name, answered),
+                                                        name=f"consul-health-{name}")
             for name in self._tasks.keys() - ours:
                 self._tasks.pop(name).cancel()
                 self.table.drop_service(name)
-            self.ready.set()
+            if not self.ready.is_set():
+                # the table is ready once every service known at start-up has reported its instances
+                if first_answers:
+                    await asyncio.wait([asyncio.ensure_future(w) for w in first_answers], timeout=5)
+                self.ready.set()
 
-    async def _watch_health(self, service: str) -> None:
+    async def _watch_health(self, service: str, answered: asyncio.Event) -> None:
         assert self._consul is not None
         index, backoff = 0, 0.2
         while True:
@@ -103,3 +111,4 @@ class Discovery:
                 backoff = min(backoff * 2, 5)
                 continue
             self.table.set_service(service, filter(None, map(instance_from_health, entries)))
+            answered.set()

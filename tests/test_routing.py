@@ -146,3 +146,10 @@ def test_a_generator_failing_at_startup_exits_1_without_registering(procs, consu
     assert worker.proc.popen.wait(30) == 1
     assert "cannot list the models" in worker.proc.output()
     assert not any(s.endswith(f"-{worker.port}") for s in consul.services())
+
+
+def test_a_new_wrapper_routes_as_soon_as_it_is_up(procs, consul):
+    model = unique_model()
+    start_worker(procs, consul, "generators.echo.EchoGen", "--models", model)
+    wrapper = start_wrapper(procs, consul)  # returns once /health answers
+    assert routable(wrapper, model)
