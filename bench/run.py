@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""The benchmark of issue #5, in one command:
+
+    python3 bench/run.py            # full run (≈ 8 min): installs its peers, writes bench/results/
+    python3 bench/run.py --quick    # a small run (≈ 1 min), what tests/test_bench_smoke.py runs
+
+It installs what it needs (the project's requirements and Consul via scripts/setup.sh; wrk and nginx from
+Debian with apt-get; LiteLLM's proxy, matplotlib and py-spy from requirements-bench.txt into .venv-bench/,
+never into the project's environment), then starts on free loopback ports: a Consul dev agent, an EchoGen
+worker, a second EchoGen worker that paces its words, the wrapper, nginx as a keep-alive reverse proxy to
+the worker, LiteLLM's proxy with the worker as an `openai/` model, and a minimal Starlette endpoint. It
+measures JSON chat throughput and latency (wrk), streaming, routing with 1 to 10,000 registered
+instances, the wrapper's memory over 100k requests and, with py-spy, where the wrapper's CPU goes. It
+writes bench/results/{results.json,results.md,bench.png,wrapper-profile.*} and prints the Markdown.
+Every process it starts is stopped at the end, on failure and on Ctrl-C too.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stack import BENCH, BENCH_VENV, ROOT, Stack, consul_put, machine, rss_mib  # noqa: E402
+
+REQS_BENCH = ROOT / "requirements-bench.txt"
+FAKE_NODE = "bench-fake-node"
+FAKE_SERVICE = "bench-fake"
+SCALE_MODEL = "echo-scale"
+PACED_MODEL = "echo-paced"
+PACED_DELAY = 0.002
+PATH_ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "starlette-min"]
+
+
+@dataclass
+class BenchPath:
+    """One way to reach an EchoGen answer: base URL, processes to watch, JSON body file, bearer key."""
+    url: str
+    watch: dict[str, int]
+    body: str
+    auth: str = ""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- installing peers ----------------------------------------------------------------------------
+
+def _run(argv: list[str], **kw) -> None:
+    log("$ " + " ".join(argv))
+    subprocess.run(argv, check=True, **kw)
+
+
+def install(args: argparse.Namespace) -> None:
+    _run([str(ROOT / "scripts" / "setup.sh")])
+    missing = [pkg for exe, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")) if not _which(exe)
+               and not (exe == "nginx" and args.no_nginx)]
+    if missing:
+        if os.geteuid() != 0:
+            log(f"not root: cannot apt-get install {' '.join(missing)}; install them or pass --no-nginx")
+        else:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            _run(["apt-get", "update", "-qq"], env=env)
+            # on a machine without systemd the package may leave a system nginx running: stopped below
+            _run(["apt-get", "install", "-y", "-qq", *missing], env=env)
+            if "nginx-light" in missing and shutil.which("systemctl") is None:
+                subprocess.run(["nginx", "-s", "stop"], capture_output=True)
+    if True:  # LiteLLM, py-spy and matplotlib (the plot) all live in the bench venv
+        stamp = BENCH_VENV / ".requirements-bench.sha256"
+        digest = hashlib.sha256(REQS_BENCH.read_bytes()).hexdigest()
+        if not (BENCH_VENV / "bin" / "python").exists():
+            _run([sys.executable, "-m", "venv", str(BENCH_VENV)])
+        if not stamp.exists() or stamp.read_text().strip() != digest:
+            _run([str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                  "-r", str(REQS_BENCH)])
+            stamp.write_text(digest)
+
+
+def _which(exe: str) -> str | None:
+    return shutil.which(exe) or (f"/usr/sbin/{exe}" if Path(f"/usr/sbin/{exe}").exists() else None)
+
+
+def plot_python() -> str | None:
+    """A Python that has matplotlib: the bench venv's, else this one if it has it."""
+    venv_py = BENCH_VENV / "bin" / "python"
+    for py in ([str(venv_py)] if venv_py.exists() else []) + [sys.executable]:
+        if subprocess.run([py, "-c", "import matplotlib"], capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def py_spy() -> str | None:
+    exe = BENCH_VENV / "bin" / "py-spy"
+    return str(exe) if exe.exists() else shutil.which("py-spy")
+
+
+# ---- request bodies ------------------------------------------------------------------------------
+
+def chat_body(model: str, text: str, stream: bool = False) -> bytes:
+    body = {"model": model, "messages": [{"role": "user", "content": text}]}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+SHORT_TEXT = "Hello from the benchmark, please echo these eleven words back to me."
+LONG_TEXT = " ".join(f"w{i:03d}" for i in range(100))  # 100 words -> 100 chunks
+
+
+def check_chat(url: str, body: bytes, expect: str, headers: dict | None = None) -> None:
+    """One request through a path before loading it: it must answer the echoed chat completion."""
+    import urllib.request
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        answer = json.loads(resp.read())
+    content = answer["choices"][0]["message"]["content"]
+    if content != expect:
+        raise RuntimeError(f"{url} answered {content!r}, expected {expect!r}")
+
+
+def median_result(results: list) -> dict:
+    """Per-field median of several LoadResult rounds; `rounds` keeps each one."""
+    dicts = [r.as_dict() for r in results]
+    out = dict(dicts[0])
+    for key, value in dicts[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(d[key] for d in dicts)
+    out["errors"] = sum(d["errors"] for d in dicts)
+    out["cores"] = {k: statistics.median(d["cores"][k] for d in dicts) for k in dicts[0]["cores"]}
+    out["rounds"] = [{k: d[k] for k in ("rps", "p50_ms", "p99_ms", "requests")} for d in dicts]
+    return out
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stack: Stack, out: Path, work: Path) -> None:
+        self.args = args
+        self.stack = stack
+        self.out = out
+        self.work = work
+        self.results: dict = {"notes": [], "json": {}, "stream": {}, "scale": []}
+        self.bodies: dict[str, Path] = {}
+        from load import have_wrk
+        self.tool = args.loadgen if args.loadgen != "auto" else ("wrk" if have_wrk() else "python")
+        if self.tool == "python":
+            self.results["notes"].append("wrk not found: the load generator is bench/pyload.py (Python), which "
+                                         "caps every path's throughput; ratios are not comparable with wrk runs.")
+
+    def body_file(self, name: str, body: bytes) -> str:
+        path = self.work / f"{name}.json"
+        path.write_bytes(body)
+        self.bodies[name] = path
+        return str(path)
+
+    def load(self, url: str, body: str | None, c: int, duration: float, watch: dict[str, int], **kw):
+        from load import run_load
+        return run_load(url, body, c, duration, tool=self.tool, watch=watch, ours=self.stack.pids(), **kw)
+
+    # -- start everything
+    def start(self) -> None:
+        a, s = self.args, self.stack
+        log("starting Consul, workers, wrapper" + ("" if a.no_nginx else ", nginx") +
+            ("" if a.no_litellm else ", LiteLLM") + ", minimal Starlette app" +
+            ("" if a.no_variants else ", a wrapper with --processes 2"))
+        s.start_consul()
+        self.worker = s.start_worker("worker", "--models", f"echo,{SCALE_MODEL}", "--svc-name", "echo")
+        self.paced = s.start_worker("worker-paced", "--models", PACED_MODEL, "--svc-name", PACED_MODEL,
+                                    "--delay", str(PACED_DELAY))
+        self.wrapper = s.start_wrapper()
+        s.wait_routable(self.wrapper, "echo")
+        s.wait_routable(self.wrapper, PACED_MODEL)
+        self.minapp = s.start_min_app()
+        self.nginx = None if a.no_nginx else s.start_nginx(self.worker.port)
+        self.litellm = None if a.no_litellm else s.start_litellm(self.worker.port, "echo")
+
+        chat = self.body_file("chat", chat_body("echo", SHORT_TEXT))
+        w = self.worker.pid
+        self.paths: dict[str, BenchPath] = {
+            "direct": BenchPath(self.worker.url, {"worker": w}, chat),
+            "wrapper": BenchPath(self.wrapper.url, {"proxy": self.wrapper.pid, "worker": w}, chat),
+            "starlette-min": BenchPath(self.minapp.url, {"server": self.minapp.pid}, chat),
+        }
+        if self.nginx:
+            self.paths["nginx"] = BenchPath(self.nginx.url, {"proxy": self.nginx.pid, "worker": w}, chat)
+        if self.litellm:
+            self.paths["litellm"] = BenchPath(self.litellm.url, {"proxy": self.litellm.pid, "worker": w}, chat,
+                                              self.litellm.extra["key"])
+        if not a.no_variants:
+            if "--processes" in subprocess.run([sys.executable, str(ROOT / "main_openai_wrapper_v2.py"), "--help"],
+                                               capture_output=True, text=True, cwd=ROOT).stdout:
+                w2 = s.start_wrapper("wrapper-2proc", "--processes", "2")
+                s.wait_routable(w2, "echo", times=10)
+                self.paths["wrapper-2proc"] = BenchPath(w2.url, {"proxy": w2.pid, "worker": w}, chat)
+            else:
+                self.results["notes"].append("this wrapper has no --processes option: no 2-process row.")
+        for name, p in self.paths.items():
+            check_chat(p.url + "/v1/chat/completions", Path(p.body).read_bytes(), SHORT_TEXT,
+                       {"Authorization": f"Bearer {p.auth}"} if p.auth else None)
+        log(f"all paths answer: {', '.join(self.paths)}; load generator: {self.tool}")
+        self.results["idle_cores"] = self.idle_cpu(1.0 if a.quick else 3.0)
+
+    def idle_cpu(self, seconds: float) -> dict[str, float]:
+        """CPU each of our processes uses with no load (background tasks), and the rest of the machine."""
+        from stack import cpu_seconds, machine_busy_seconds
+        pids = {p.name: p.pid for p in self.stack.procs.started if p.alive()}
+        before = {n: cpu_seconds(pid) for n, pid in pids.items()}
+        busy = machine_busy_seconds()
+        time.sleep(seconds)
+        out = {n: (cpu_seconds(pid) - before[n]) / seconds for n, pid in pids.items()}
+        out["(machine, all processes)"] = (machine_busy_seconds() - busy) / seconds
+        log("idle CPU (cores): " + ", ".join(f"{n} {v:.2f}" for n, v in out.items()))
+        return out
+
+    def order(self) -> list[str]:
+        return [p for p in PATH_ORDER if p in self.paths]
+
+    # -- 1. JSON
+    def json_phase(self) -> None:
+        a = self.args
+        for name in self.order():
+            p = self.paths[name]
+            self.load(p.url + "/v1/chat/completions", p.body, 16, a.warmup, p.watch, auth=p.auth)
+            if name == "wrapper":
+                self.results.setdefault("memory", {})["rss_first_warm_mib"] = rss_mib(self.wrapper.pid)
+        rounds: dict[tuple[str, int], list] = {}
+        for r in range(a.rounds):
+            for c in (1, 16):
+                for name in self.order():
+                    p = self.paths[name]
+                    res = self.load(p.url + "/v1/chat/completions", p.body, c, a.duration, p.watch, auth=p.auth)
+                    rounds.setdefault((name, c), []).append(res)
+                    log(f"json round {r + 1}/{a.rounds} c={c:<2} {name:<14} {res.rps:8.0f} req/s  "
+                        f"p50 {res.p50_ms:7.3f} ms  p99 {res.p99_ms:7.3f} ms  errors {res.errors}")
+        for (name, c), results in rounds.items():
+            self.results["json"].setdefault(name, {})[str(c)] = median_result(results)
+
+    # -- 2. streaming
+    def stream_phase(self) -> None:
+        from stream_client import measure
+        a = self.args
+        body = chat_body("echo", LONG_TEXT, stream=True)
+        body_path = self.body_file("stream", body)
+        names = [n for n in ("direct", "nginx", "wrapper", "wrapper-2proc") if n in self.paths]
+        c1: dict[str, dict] = {}
+        for name in names:
+            url = self.paths[name].url + "/v1/chat/completions"
+            st = measure(url, body, a.streams, max_seconds=a.duration * 8)
+            c1[name] = st.as_dict()
+            log(f"stream c=1 {name:<8} ttfc p50 {st.ttfc_p50_ms:7.3f} ms  {st.chunk_rate_p50:8.0f} chunks/s  "
+                f"({st.streams} streams, {st.chunks_per_stream:.0f} chunks each)")
+        self.results["stream"]["c1"] = c1
+        agg: dict[str, dict] = {}
+        for name in names:
+            p = self.paths[name]
+            res = self.load(p.url + "/v1/chat/completions", body_path, 16, a.duration, p.watch)
+            chunks = c1[name]["chunks_per_stream"]
+            agg[name] = {"rps": res.rps, "chunks_per_s": res.rps * chunks, "p50_ms": res.p50_ms,
+                         "errors": res.errors, "client_cores": res.client_cores, "cores": res.cores}
+            log(f"stream c=16 {name:<8} {res.rps:7.0f} streams/s = {res.rps * chunks:9.0f} chunks/s")
+        self.results["stream"]["c16"] = agg
+        paced_body = chat_body(PACED_MODEL, LONG_TEXT, stream=True)
+        paced: dict[str, dict] = {}
+        for name, base in (("direct", self.paced.url), ("wrapper", self.wrapper.url)):
+            st = measure(base + "/v1/chat/completions", paced_body, a.paced_streams, max_seconds=60)
+            paced[name] = st.as_dict()
+            log(f"paced stream {name:<8} {st.separate_pct:5.1f} % chunks alone in a read, most per read "
+                f"{st.max_events_per_read}")
+        self.results["stream"]["paced"] = paced
+        self.results["stream"]["paced_delay_ms"] = PACED_DELAY * 1000
+
+    # -- 3. profile
+    @contextlib.contextmanager
+    def spy(self, name: str):
+        """py-spy records the wrapper while the block runs; yields a dict that gets the summary after."""
+        from profile_summary import render, summarize
+        exe = py_spy()
+        holder: dict = {}
+        if exe is None or self.args.no_profile:
+            yield holder
+            return
+        folded = self.out / f"{name}.folded"
+        folded.unlink(missing_ok=True)
+        proc = subprocess.Popen([exe, "record", "--pid", str(self.wrapper.pid), "--format", "raw", "--rate", "200",
+                                 "--nonblocking", "-o", str(folded)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            time.sleep(1.0)  # let py-spy attach
+            yield holder
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+            try:
+                out, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, _ = proc.communicate()
+        if not folded.exists():
+            self.results["notes"].append(f"py-spy recorded nothing for {name}: "
+                                         f"{out.decode(errors='replace')[-300:]}")
+            return
+        summary = summarize(folded)
+        (self.out / f"{name}.txt").write_text(render(summary))
+        holder.update(summary)
+        log(f"profile {name}: {summary['samples']} samples -> {self.out / (name + '.txt')}")
+
+    def profile_phase(self) -> None:
+        if py_spy() is None:
+            self.results["notes"].append("py-spy not installed: no profile (run without --no-install).")
+            return
+        seconds = self.args.profile_seconds
+        log(f"profiling the wrapper with py-spy for {seconds:g} s under c=16 JSON load")
+        p = self.paths["wrapper"]
+        with self.spy("wrapper-profile") as summary:
+            res = self.load(p.url + "/v1/chat/completions", p.body, 16, seconds, p.watch)
+        if summary:
+            summary["rps_while_profiling"] = res.rps
+            self.results["profile"] = summary
+
+    # -- 4. memory
+    def memory_phase(self) -> None:
+        a = self.args
+        mem = self.results.setdefault("memory", {})
+        url, watch = self.wrapper.url, self.paths["wrapper"].watch
+        # warm-up at the same concurrency, so pools and buffers have their steady size before the baseline
+        self.load(url + "/v1/chat/completions", str(self.bodies["chat"]), 16, a.warmup, watch)
+        before = rss_mib(self.wrapper.pid)
+        log(f"memory: wrapper RSS {before:.1f} MiB; sending {a.memory_requests:,} requests (cap {a.memory_cap:g} s)")
+        t0 = time.monotonic()
+        res = self.load(url + "/v1/chat/completions", str(self.bodies["chat"]), 16, a.memory_cap, watch,
+                        max_requests=a.memory_requests)
+        after = rss_mib(self.wrapper.pid)
+        mem.update({"rss_before_mib": before, "rss_after_mib": after, "requests": res.requests,
+                    "seconds": time.monotonic() - t0, "rps": res.rps, "errors": res.errors,
+                    "growth_pct": 100.0 * (after - before) / before, "cores": res.cores})
+        if res.requests < a.memory_requests:
+            self.results["notes"].append(f"memory run reached only {res.requests:,} of {a.memory_requests:,} "
+                                         f"requests within its {a.memory_cap:g} s cap.")
+        log(f"memory: {before:.1f} -> {after:.1f} MiB after {res.requests:,} requests ({mem['growth_pct']:+.1f} %)")
+
+    # -- 5. scale
+    def scale_phase(self) -> None:
+        a = self.args
+        assert self.stack.consul is not None
+        addr = self.stack.consul.addr
+        url, watch = self.wrapper.url, self.paths["wrapper"].watch
+        body = self.body_file("scale", chat_body(SCALE_MODEL, SHORT_TEXT))
+        check_chat(url + "/v1/chat/completions", chat_body(SCALE_MODEL, SHORT_TEXT), SHORT_TEXT)
+        consul_put(addr, "/v1/catalog/register", {"Node": FAKE_NODE, "Address": "127.0.0.1"})
+        registered = 1  # the real worker serves SCALE_MODEL too
+        for level in a.scale:
+            t0 = time.monotonic()
+            marker = f"scale-mark-{level}"
+            new = list(range(registered, level))
+            for start in range(0, len(new), 63):
+                batch = new[start:start + 63]
+                ops = []
+                for i in batch:
+                    tags = ["openai-api-wrapper", f"model={SCALE_MODEL}"]
+                    if i == new[-1]:
+                        tags.append(f"model={marker}")
+                    ops.append(self._fake_service(f"{FAKE_SERVICE}-{i}", tags))
+                consul_put(addr, "/v1/txn", ops)
+            registered = max(registered, level)
+            if new:
+                self.stack.wait_routable(self.wrapper, marker, timeout=120)
+            register_s = time.monotonic() - t0
+            log(f"scale: {level:,} instances of '{SCALE_MODEL}' registered and routable in {register_s:.2f} s")
+            largest = level == a.scale[-1] and len(a.scale) > 1
+            self.load(url + "/v1/chat/completions", body, 16, a.warmup, watch)
+            c1 = self.load(url + "/v1/chat/completions", body, 1, a.duration, watch)
+            with (self.spy("wrapper-profile-scale-requests") if largest else contextlib.nullcontext({})) as prof:
+                c16 = self.load(url + "/v1/chat/completions", body, 16, a.duration, watch)
+            if prof:
+                self.results["profile_scale_requests"] = prof
+            models = self.load(url + "/v1/models", None, 1, max(1.0, a.duration / 2), watch)
+            with (self.spy("wrapper-profile-scale-updates") if largest else contextlib.nullcontext({})) as prof:
+                routable = [self._probe_delay(addr, level, k) for k in range(a.probes)]
+            if prof:
+                self.results["profile_scale_updates"] = prof
+            row = {"instances": level, "register_s": register_s, "p50_c1_ms": c1.p50_ms, "p99_c1_ms": c1.p99_ms,
+                   "rps_c16": c16.rps, "p50_c16_ms": c16.p50_ms, "errors": c1.errors + c16.errors + models.errors,
+                   "models_p50_ms": models.p50_ms, "models_p99_ms": models.p99_ms, "routable_ms": routable,
+                   "rss_mib": rss_mib(self.wrapper.pid), "wrapper_cores_c16": c16.cores.get("proxy")}
+            self.results["scale"].append(row)
+            log(f"scale: {level:>6,} instances  p50 c=1 {c1.p50_ms:.3f} ms  c=16 {c16.rps:.0f} req/s  "
+                f"/v1/models p50 {models.p50_ms:.3f} ms  routable in {sorted(routable)[len(routable) // 2]:.1f} ms")
+
+    def _fake_service(self, sid: str, tags: list[str]) -> dict:
+        return {"Service": {"Verb": "set", "Node": FAKE_NODE, "Service": {
+            "ID": sid, "Service": FAKE_SERVICE, "Tags": tags, "Address": "127.0.0.1", "Port": self.worker.port}}}
+
+    def _probe_delay(self, addr: str, level: int, k: int) -> float:
+        """Register one more instance with a new model; ms until the wrapper routes that model."""
+        model = f"probe-{level}-{k}-{uuid.uuid4().hex[:6]}"
+        sid = f"{FAKE_SERVICE}-probe-{level}-{k}"
+        tags = ["openai-api-wrapper", f"model={SCALE_MODEL}", f"model={model}"]
+        url = f"{self.wrapper.url}/v1/models/{model}"
+        elapsed = asyncio.run(_time_until_routable(addr, [self._fake_service(sid, tags)], url, timeout=60))
+        consul_put(addr, "/v1/catalog/deregister", {"Node": FAKE_NODE, "ServiceID": sid})
+        return elapsed * 1000
+
+
+async def _time_until_routable(addr: str, ops: list, url: str, timeout: float) -> float:
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:  # open the keep-alive connection before the clock starts
+            await resp.read()
+        async with session.put(f"http://{addr}/v1/txn", json=ops) as resp:
+            resp.raise_for_status()
+            await resp.read()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            async with session.get(url) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return time.perf_counter() - t0
+            await asyncio.sleep(0.001)
+    raise TimeoutError(f"{url} not routable within {timeout} s")
+
+
+def write_outputs(results: dict, out: Path) -> str:
+    from report import markdown
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    md = markdown(results)
+    png = out / "bench.png"
+    png.unlink(missing_ok=True)
+    py = plot_python()
+    if py is not None:
+        proc = subprocess.run([py, str(BENCH / "plot.py"), str(out / "results.json"), str(out / "bench.png")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            md += f"\n(plot failed: {proc.stderr[-500:]})\n"
+        else:
+            md += "\n![benchmark plot](bench.png)\n"
+    else:
+        md += "\n(no plot: matplotlib is not installed; run without --no-install)\n"
+    (out / "results.md").write_text(md)
+    return md
+
+
+def code_version() -> str:
+    """The commit measured, and whether the code under test had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "svc_mgr", "generators",
+                                "main_openai_wrapper_v2.py", "template_worker.py", "env.yaml"],
+                               cwd=ROOT, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    changed = sorted({line[3:].split("/")[0] for line in dirty.splitlines() if len(line) > 3})
+    return head + (" + uncommitted changes in " + ", ".join(changed) if changed else "")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a small run (~1 min): short durations, 1 and 100 instances")
+    p.add_argument("--no-install", action="store_true", help="install nothing; use what is there")
+    p.add_argument("--no-nginx", action="store_true", help="skip the nginx path")
+    p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM path")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the wrapper")
+    p.add_argument("--no-variants", action="store_true",
+                   help="skip the extra row of a wrapper started with --processes 2")
+    p.add_argument("--profile", action="store_true", help="profile the wrapper in a --quick run too")
+    p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
+                   help="load generator (auto: wrk if installed, else bench/pyload.py)")
+    p.add_argument("--out", type=Path, default=BENCH / "results", help="output folder (default bench/results)")
+    p.add_argument("--duration", type=float, help="seconds per measurement (default 5; quick 1)")
+    p.add_argument("--rounds", type=int, help="rounds of the JSON runs, median reported (default 3; quick 1)")
+    p.add_argument("--memory-requests", type=int, help="requests of the memory run (default 100000; quick 2000)")
+    p.add_argument("--scale", type=lambda s: [int(x) for x in s.split(",")],
+                   help="instance counts (default 1,100,10000; quick 1,100)")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.duration = args.duration or (1.0 if q else 5.0)
+    args.rounds = args.rounds or (1 if q else 3)
+    args.memory_requests = args.memory_requests or (2000 if q else 100_000)
+    args.memory_cap = 60.0 if q else 400.0
+    args.scale = sorted(set(args.scale or ([1, 100] if q else [1, 100, 10_000])))
+    if args.scale[0] < 1:
+        p.error("--scale counts must be >= 1")
+    args.warmup = 0.5 if q else 2.0
+    args.streams = 10 if q else 200
+    args.paced_streams = 2 if q else 10
+    args.probes = 2 if q else 5
+    args.profile_seconds = 3.0 if q else 10.0
+    if q and not args.profile:
+        args.no_profile = True
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    if not args.no_install:
+        install(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    stack = Stack(work, log=log)
+    bench = Bench(args, stack, args.out, work)
+    bench.results["meta"] = {
+        "mode": "quick" if args.quick else "full", "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(), "loadgen": bench.tool, "duration": args.duration, "rounds": args.rounds,
+        "argv": sys.argv[1:] if argv is None else argv, "code": code_version(),
+    }
+    failed = None
+    try:
+        bench.start()
+        bench.json_phase()
+        bench.stream_phase()
+        if not args.no_profile:
+            bench.profile_phase()
+        for name in ("litellm", "nginx", "wrapper-2proc", "starlette-min"):
+            stack.stop(name)  # only the wrapper and its worker matter from here on
+        bench.memory_phase()
+        bench.scale_phase()
+    except KeyboardInterrupt:
+        failed = "interrupted"
+        log("interrupted; stopping everything")
+    except Exception:
+        failed = traceback.format_exc()
+        log("failed:\n" + failed + "\n" + stack.dump()[-6000:])
+    finally:
+        stack.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+        bench.results["meta"]["pids"] = [p.pid for p in stack.procs.started]
+    bench.results["elapsed_s"] = time.monotonic() - started
+    if failed:
+        bench.results["notes"].append("run did not finish: " + failed.strip().splitlines()[-1])
+    md = write_outputs(bench.results, args.out)
+    print(md)
+    log(f"wrote {args.out}/results.md, results.json" + (", bench.png" if (args.out / 'bench.png').exists() else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

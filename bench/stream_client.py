@@ -1,0 +1,99 @@
+"""Streaming measurements with an aiohttp client: time to first chunk, chunks per second, and whether
+chunks arrive one by one (a relay that buffers would deliver several per read)."""
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import aiohttp
+
+
+@dataclass
+class StreamStats:
+    streams: int
+    chunks_per_stream: float       # SSE events before [DONE]
+    ttfc_p50_ms: float             # request sent -> first event received
+    ttfc_p99_ms: float
+    chunk_rate_p50: float          # events per second over a whole stream (request sent -> [DONE])
+    stream_ms_p50: float
+    separate_pct: float            # reads that carried exactly one event, as a share of events
+    max_events_per_read: int
+    errors: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict) -> tuple[float, int, float, int, int]:
+    t0 = time.perf_counter()
+    first = None
+    events = 0
+    single_reads = 0
+    max_per_read = 0
+    buf = b""
+    done = False
+    async with session.post(url, data=body, headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"stream answered {resp.status}: {(await resp.read())[:300]!r}")
+        async for data in resp.content.iter_any():
+            buf += data
+            parts = buf.split(b"\n\n")
+            buf = parts.pop()
+            n = 0
+            for part in parts:
+                part = part.strip()
+                if not part or part.startswith(b":"):
+                    continue  # keep-alive comment
+                if part == b"data: [DONE]":
+                    done = True
+                    continue
+                n += 1
+            if n:
+                if first is None:
+                    first = time.perf_counter()
+                events += n
+                single_reads += n == 1
+                max_per_read = max(max_per_read, n)
+    end = time.perf_counter()
+    if not done:
+        raise RuntimeError("stream ended without data: [DONE]")
+    return (first or end) - t0, events, end - t0, single_reads, max_per_read
+
+
+async def _measure(url: str, body: bytes, streams: int, headers: dict, max_seconds: float) -> StreamStats:
+    ttfc, rates, totals = [], [], []
+    events_total = single_total = max_per_read = errors = 0
+    deadline = time.perf_counter() + max_seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        await _one(session, url, body, headers)  # warm the connection
+        for _ in range(streams):
+            if time.perf_counter() > deadline:
+                break
+            try:
+                first, events, total, single, most = await _one(session, url, body, headers)
+            except (RuntimeError, aiohttp.ClientError, asyncio.TimeoutError):
+                errors += 1
+                continue
+            ttfc.append(first)
+            totals.append(total)
+            rates.append(events / total)
+            events_total += events
+            single_total += single
+            max_per_read = max(max_per_read, most)
+    if not ttfc:
+        raise RuntimeError(f"no stream from {url} succeeded")
+    q = statistics.quantiles(ttfc, n=100, method="inclusive") if len(ttfc) > 1 else [ttfc[0]] * 99
+    return StreamStats(
+        streams=len(ttfc), chunks_per_stream=events_total / len(ttfc),
+        ttfc_p50_ms=statistics.median(ttfc) * 1000, ttfc_p99_ms=q[98] * 1000,
+        chunk_rate_p50=statistics.median(rates), stream_ms_p50=statistics.median(totals) * 1000,
+        separate_pct=100.0 * single_total / events_total if events_total else 0.0,
+        max_events_per_read=max_per_read, errors=errors)
+
+
+def measure(url: str, body: bytes, streams: int, headers: dict | None = None, max_seconds: float = 60) -> StreamStats:
+    """`streams` streams one after another (concurrency 1), bounded by `max_seconds`."""
+    return asyncio.run(_measure(url, body, streams, {"Content-Type": "application/json", **(headers or {})},
+                                max_seconds))
