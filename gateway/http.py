@@ -24,11 +24,18 @@ class ClientGone(Exception):
     pass
 
 
+WATCH_AFTER = 0.05  # seconds; quicker answers never pay for a watcher task
+
+
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, abandoning it (and so closing the hop to the worker) as soon as the client goes away."""
+    """Await `work`, abandoning it (and so closing the hop to the worker) as soon as the client goes away.
+    The watch starts only once `work` has run WATCH_AFTER seconds; a disconnect before that is still seen
+    then, since the server keeps it for the next receive()."""
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
     gone = False
+    watcher: asyncio.Task | None = None
 
     async def watch() -> None:
         nonlocal gone
@@ -37,7 +44,11 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         gone = True
         task.cancel()
 
-    watcher = asyncio.create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER, start_watching)
     try:
         return await work
     except asyncio.CancelledError:
@@ -45,7 +56,9 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             raise ClientGone() from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

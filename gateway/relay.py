@@ -70,7 +70,9 @@ class Hop:
         self.table = table
         self.settings = settings
         self.timeouts: TimeoutSettings = settings.timeouts
-        self._secret = worker_secret
+        self._base_headers = {"Content-Type": "application/json"}
+        if worker_secret:
+            self._base_headers["X-Worker-Secret"] = worker_secret
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -92,10 +94,7 @@ class Hop:
             await self._session.close()
 
     def _headers(self, request_id: str) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "X-Request-ID": request_id}
-        if self._secret:
-            headers["X-Worker-Secret"] = self._secret
-        return headers
+        return {**self._base_headers, "X-Request-ID": request_id}
 
     def _remaining(self, deadline: float, limit: float) -> float:
         return max(min(limit, deadline - asyncio.get_running_loop().time()), 0)

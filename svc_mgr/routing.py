@@ -72,17 +72,22 @@ class RoutingTable:
     def instances(self, model: str) -> list[Instance]:
         return self._by_model.get(model, [])
 
-    def pick(self, model: str, exclude: Iterable[Instance] = ()) -> Instance | None:
-        """A healthy instance for `model`, preferring ones not cooling down; None if there is none."""
+    def pick(self, model: str, exclude: Sequence[Instance] = ()) -> Instance | None:
+        """A healthy instance for `model`, preferring ones not cooling down; None if there is none.
+
+        O(1) in the usual case: the policy picks from all instances, and only when its choice is cooling
+        down or excluded is the list filtered (a uniform pick stays uniform over what remains)."""
         candidates = self._by_model.get(model)
         if not candidates:
             return None
+        now = time.monotonic()
+        choice = self.policy(candidates)
+        if choice.cooled_until <= now and choice not in exclude:
+            return choice
         if exclude:
-            skip = set(map(id, exclude))
-            candidates = [c for c in candidates if id(c) not in skip]
+            candidates = [c for c in candidates if c not in exclude]
             if not candidates:
                 return None
-        now = time.monotonic()
         warm = [c for c in candidates if c.cooled_until <= now]
         return self.policy(warm or candidates)
 
