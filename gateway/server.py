@@ -61,7 +61,7 @@ def run(main: Awaitable[int]) -> int:
 
 def uvicorn_config(app: Any, host: str, port: int, *, drain_seconds: float = 10.0) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, http="httptools", lifespan="on",
+        app, host=host, port=port, http="httptools", lifespan="on", proxy_headers=False,
         access_log=False, log_config=None,
         # longer than the wrapper's pooled keep-alive (30 s): the wrapper closes idle connections first
         timeout_keep_alive=75,

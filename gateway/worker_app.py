@@ -8,10 +8,9 @@ from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
 from sse_starlette import EventSourceResponse
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from generators import Generator
 from generators.base import Delta, Output
@@ -19,7 +18,7 @@ from generators.base import Delta, Output
 from . import wire
 from .config import Settings
 from .errors import InvalidRequest, NotFound, Unauthorized, sse_error_event
-from .http import CLIENT_CLOSED, EXCEPTION_HANDLERS, ClientGone, json_response, read_body, unless_disconnected
+from .http import CLIENT_CLOSED, ClientGone, json_response, openai_app, read_body, unless_disconnected
 from .limits import ConcurrencyLimit
 
 log = logging.getLogger(__name__)
@@ -199,16 +198,11 @@ class Worker:
         outs.append(out)
         yield shape.final_chunk(index, out.finish_reason or "stop", first)
 
-    def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                Route("/v1/completions", self.completion, methods=["POST"]),
-                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-                Route("/v1/models", self.models_list, methods=["GET"]),
-                Route("/health", self.health, methods=["GET"]),
-            ],
-            exception_handlers=EXCEPTION_HANDLERS,
+    def app(self) -> ASGIApp:
+        return openai_app(
+            posts={"/v1/chat/completions": self.chat, "/v1/completions": self.completion,
+                   "/v1/embeddings": self.embeddings},
+            gets={"/v1/models": self.models_list, "/health": self.health},
             lifespan=self._lifespan,
         )
 
@@ -225,7 +219,7 @@ class Worker:
             await self.generator.shutdown()
 
     @contextlib.asynccontextmanager
-    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+    async def _lifespan(self, app: object) -> AsyncIterator[None]:
         # the entry script starts the Worker before binding; this covers the app served some other way
         await self.start()
         try:

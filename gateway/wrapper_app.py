@@ -7,17 +7,16 @@ import logging
 import os
 from typing import AsyncIterator
 
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from svc_mgr import POLICIES, Discovery, RoutingTable
 
 from . import wire
 from .auth import KeyRing
 from .config import Settings, load_api_keys, secret
-from .http import CLIENT_CLOSED, EXCEPTION_HANDLERS, JSON, ClientGone, json_response, read_body, unless_disconnected
+from .http import CLIENT_CLOSED, JSON, ClientGone, RelayStream, json_response, openai_app, read_body, unless_disconnected
 from .relay import Hop, model_not_found
 
 log = logging.getLogger(__name__)
@@ -61,9 +60,8 @@ class Wrapper:
         log.debug("request %s: %s %s -> %s %d", request_id, kind, model, upstream.instance.id, upstream.status)
         headers.update(upstream.headers())
         if upstream.content is None and upstream.content_type.startswith("text/event-stream"):
-            return StreamingResponse(self.hop.stream(upstream), status_code=upstream.status,
-                                     media_type="text/event-stream",
-                                     headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return RelayStream(self.hop.stream(upstream), upstream.status,
+                               {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         content = upstream.content if upstream.content is not None else await self.hop.read(upstream)
         upstream.close()
         return Response(content, status_code=upstream.status, media_type=JSON, headers=headers)
@@ -91,7 +89,7 @@ class Wrapper:
                               "consul": "down" if self.discovery.outage.down else "up"})
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
         if self.keys.open:
             log.warning("no API keys configured: the wrapper accepts every caller (set wrapper.api_keys)")
         await self.hop.start()
@@ -107,16 +105,10 @@ class Wrapper:
             await self.discovery.stop()
             await self.hop.close()
 
-    def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                Route("/v1/completions", self.completion, methods=["POST"]),
-                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-                Route("/v1/models", self.models, methods=["GET"]),
-                Route("/v1/models/{model:path}", self.model, methods=["GET"]),
-                Route("/health", self.health, methods=["GET"]),
-            ],
-            exception_handlers=EXCEPTION_HANDLERS,
+    def app(self) -> ASGIApp:
+        return openai_app(
+            posts={"/v1/chat/completions": self.chat, "/v1/completions": self.completion,
+                   "/v1/embeddings": self.embeddings},
+            gets={"/v1/models": self.models, "/v1/models/{model:path}": self.model, "/health": self.health},
             lifespan=self.lifespan,
         )
