@@ -24,7 +24,7 @@ def models_from_tags(tags: Iterable[str]) -> tuple[str, ...]:
     return tuple(t[len(MODEL_TAG_PREFIX):] for t in tags if t.startswith(MODEL_TAG_PREFIX))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Instance:
     """One healthy worker as the wrapper sees it. Identity is the Consul service id."""
 
