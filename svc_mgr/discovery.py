@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
@@ -64,21 +65,29 @@ class Discovery:
         if self._consul is not None:
             await self._consul.close()
 
-    async def _watch_services(self) -> None:
-        assert self._consul is not None
+    async def _changes(self, query: Callable[[int | None], Awaitable[tuple[str, Any]]],
+                       report_recovery: bool = False) -> AsyncIterator[Any]:
+        """Each new answer of a Consul blocking query, forever; failures back off and are reported once."""
         index, backoff = 0, 0.2
         while True:
             try:
-                new_index, services = await self._consul.catalog.services(index=index or None, wait=self.wait)
-                index = _next_index(index, int(new_index))
-                self.outage.ok()
-                backoff = 0.2
+                new_index, answer = await query(index or None)
             except _FAILURES as exc:
                 self.outage.failed(exc)
                 index = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5)
                 continue
+            index, backoff = _next_index(index, int(new_index)), 0.2
+            if report_recovery:
+                self.outage.ok()
+            yield answer
+
+    async def _watch_services(self) -> None:
+        assert self._consul is not None
+        catalog = self._consul.catalog
+        async for services in self._changes(lambda index: catalog.services(index=index, wait=self.wait),
+                                            report_recovery=True):
             ours = {name for name, tags in services.items() if MARKER_TAG in (tags or [])}
             first_answers = []
             for name in ours - self._tasks.keys():
@@ -97,18 +106,8 @@ class Discovery:
 
     async def _watch_health(self, service: str, answered: asyncio.Event) -> None:
         assert self._consul is not None
-        index, backoff = 0, 0.2
-        while True:
-            try:
-                new_index, entries = await self._consul.health.service(
-                    service, index=index or None, wait=self.wait, passing=True)
-                index = _next_index(index, int(new_index))
-                backoff = 0.2
-            except _FAILURES as exc:
-                self.outage.failed(exc)
-                index = 0
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5)
-                continue
+        health = self._consul.health
+        async for entries in self._changes(
+                lambda index: health.service(service, index=index, wait=self.wait, passing=True)):
             self.table.set_service(service, filter(None, map(instance_from_health, entries)))
             answered.set()
