@@ -53,13 +53,20 @@ class _SessionTransport(consul.base.HTTPClient):
 class AsyncConsul(consul.base.Consul):
     """`consul.Consul`'s API with awaitable calls. Create inside a running event loop; close() when done."""
 
+    def __init__(self, settings: ConsulSettings) -> None:
+        self.settings = settings
+        super().__init__(host=settings.host, port=settings.port, scheme=settings.scheme,
+                         token=secret(settings.token), verify=settings.verify)
+
     def http_connect(self, host, port, scheme, verify=True, cert=None, timeout=None):
-        return _SessionTransport(host, port, scheme, verify, cert, timeout)
+        # python-consul2 re-reads CONSUL_HTTP_ADDR with a looser parser (no default port, no bare
+        # https://host); the settings already applied it the way Consul's own tools do.
+        s = self.settings
+        return _SessionTransport(s.host, s.port, s.scheme, s.verify, cert, timeout)
 
     async def close(self) -> None:
         await self.http.close()
 
 
 def connect(settings: ConsulSettings) -> AsyncConsul:
-    return AsyncConsul(host=settings.host, port=settings.port, scheme=settings.scheme,
-                       token=secret(settings.token), verify=settings.verify)
+    return AsyncConsul(settings)

@@ -69,3 +69,11 @@ def test_a_config_mistake_stops_the_wrapper_with_one_line(tmp_path):
     assert out.returncode == 2
     assert "wrapper.max_attempts" in out.stderr and str(path) in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_consul_client_uses_the_address_as_consul_parses_it(tmp_path, monkeypatch):
+    from svc_mgr.consul_client import connect
+
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", "https://consul.example")
+    settings = load_settings(write(tmp_path, ""))
+    assert connect(settings.consul).http.base_uri == "https://consul.example:443"
