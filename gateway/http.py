@@ -71,19 +71,22 @@ class RelayStream(Response):
     as the client goes away. Lighter than StreamingResponse: no task group, one watcher at most."""
 
     def __init__(self, chunks: AsyncIterator[bytes], status_code: int, headers: dict[str, str],
-                 media_type: str = "text/event-stream") -> None:
+                 on_close: Callable[[], None], media_type: str = "text/event-stream") -> None:
         self.chunks = chunks
+        self.on_close = on_close  # runs however the response ends, even if `chunks` never started
         self.status_code = status_code
         self.media_type = media_type
         self.background = None
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             await unless_disconnected(receive, self._pump(send))
         except ClientGone:
             pass
+        finally:
+            self.on_close()
 
     async def _pump(self, send: Send) -> None:
         async with aclosing(self.chunks) as chunks:

@@ -21,7 +21,10 @@ from .relay import Hop, model_not_found
 
 log = logging.getLogger(__name__)
 
+
 class Wrapper:
+    """The wrapper: one routing table, one pooled hop, one Consul watch; created at start-up."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown)
@@ -61,7 +64,8 @@ class Wrapper:
         headers.update(upstream.headers())
         if upstream.content is None and upstream.content_type.startswith("text/event-stream"):
             return RelayStream(self.hop.stream(upstream), upstream.status,
-                               {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                               {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                               on_close=upstream.close)
         content = upstream.content if upstream.content is not None else await self.hop.read(upstream)
         upstream.close()
         return Response(content, status_code=upstream.status, media_type=JSON, headers=headers)
