@@ -9,16 +9,16 @@ from typing import Any, AsyncIterator, Callable
 
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from generators import Generator
-from generators.base import Delta, Output
+from generators.base import Delta, Embeddings, Output
 
 from . import wire
 from .config import Settings
 from .errors import InvalidRequest, NotFound, Unauthorized, sse_error_event
-from .http import CLIENT_CLOSED, ClientGone, json_response, openai_app, read_body, unless_disconnected
+from .http import CLIENT_CLOSED, ClientGone, RelayStream, json_response, openai_app, read_body, unless_disconnected
 from .limits import ConcurrencyLimit
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,10 @@ class Worker:
             return Response(status_code=CLIENT_CLOSED)
         return json_response(self._whole(kind, body, model, answers))
 
+    async def _embed(self, body: dict[str, Any], inputs: list[Any]) -> Embeddings:
+        async with self.limit:
+            return await self.generator.embeddings(body, inputs)
+
     async def _answers(self, kind: str, body: dict[str, Any]) -> list[Output]:
         async with self.limit:
             return [await self.generator.answer(kind, body) for _ in range(wire.choice_count(body))]
@@ -101,7 +105,7 @@ class Worker:
             release()
             raise
         if forwarded.content_type.startswith("text/event-stream"):
-            return StreamingResponse(chunks, status_code=forwarded.status, media_type="text/event-stream")
+            return RelayStream(chunks, forwarded.status, {}, on_close=release)
         return Response(b"".join([c async for c in chunks]), status_code=forwarded.status,
                         media_type=forwarded.content_type)
 
@@ -110,8 +114,10 @@ class Worker:
         if self.forwards:
             return await self._forward("embedding", body, raw)
         inputs = wire.embedding_inputs(body["input"])
-        async with self.limit:
-            result = await self.generator.embeddings(body, inputs)
+        try:
+            result = await unless_disconnected(request, self._embed(body, inputs))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
         if len(result.vectors) != len(inputs):
             raise RuntimeError(f"{type(self.generator).__name__}.embed returned {len(result.vectors)} vectors "
                                f"for {len(inputs)} inputs")
