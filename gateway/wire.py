@@ -89,11 +89,16 @@ def chat_message(content: str | None, tool_calls: list[dict] | None) -> dict[str
     return message
 
 
-def chat_completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None) -> dict:
-    out = {"id": cid, "object": "chat.completion", "created": created, "model": model, "choices": choices}
+def _completion_object(kind: str, cid: str, created: int, model: str, choices: list[dict],
+                       usage_: dict | None) -> dict:
+    out = {"id": cid, "object": kind, "created": created, "model": model, "choices": choices}
     if usage_ is not None:
         out["usage"] = usage_
     return out
+
+
+def chat_completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None) -> dict:
+    return _completion_object("chat.completion", cid, created, model, choices, usage_)
 
 
 def chat_choice(index: int, message: dict, finish_reason: str) -> dict:
@@ -101,10 +106,7 @@ def chat_choice(index: int, message: dict, finish_reason: str) -> dict:
 
 
 def chat_chunk(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None = None) -> dict:
-    out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
-    if usage_ is not None:
-        out["usage"] = usage_
-    return out
+    return _completion_object("chat.completion.chunk", cid, created, model, choices, usage_)
 
 
 def chat_chunk_choice(index: int, delta: dict, finish_reason: str | None) -> dict:
@@ -112,10 +114,8 @@ def chat_chunk_choice(index: int, delta: dict, finish_reason: str | None) -> dic
 
 
 def text_completion(cid: str, created: int, model: str, choices: list[dict], usage_: dict | None = None) -> dict:
-    out = {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices}
-    if usage_ is not None:
-        out["usage"] = usage_
-    return out
+    """A completion, or one chunk of a streamed one (OpenAI uses the same object for both)."""
+    return _completion_object("text_completion", cid, created, model, choices, usage_)
 
 
 def text_choice(index: int, text: str, finish_reason: str | None) -> dict:
