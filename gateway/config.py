@@ -52,14 +52,19 @@ class ApiKey(_Section):
     name: str | None = None
 
 
+class LimitSettings(_Section):
+    """What a request may ask for; the wrapper and every worker enforce the same limits."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_embedding_inputs: int = Field(2048, ge=1)
+    max_n: int = Field(128, ge=1)  # OpenAI's own maximum
+
+
 class WrapperSettings(_Section):
     balancer: Literal["random", "least_in_flight"] = "random"
     max_attempts: int = Field(3, ge=1, le=10)
     cooldown: float = Field(5.0, ge=0)
     timeouts: TimeoutSettings = TimeoutSettings()
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    max_embedding_inputs: int = Field(2048, ge=1)
-    max_n: int = Field(128, ge=1)  # OpenAI's own maximum
     max_connections: int = Field(1000, ge=1)
     api_keys: list[ApiKey] = []
     api_keys_file: str | None = None
@@ -87,6 +92,7 @@ class UpstreamSettings(_Section):
 
 class Settings(_Section):
     consul: ConsulSettings = ConsulSettings()
+    limits: LimitSettings = LimitSettings()
     wrapper: WrapperSettings = WrapperSettings()
     worker: WorkerSettings = WorkerSettings()
     openai: UpstreamSettings = UpstreamSettings()

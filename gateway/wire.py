@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 
+from .config import LimitSettings
 from .errors import InvalidRequest
 
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -247,14 +248,15 @@ _CHECKS: dict[str, dict[str, Check]] = {
 }
 
 
-def check_fields(body: dict[str, Any], kind: str, max_n: int, max_inputs: int) -> None:
+def check_fields(body: dict[str, Any], kind: str, limits: LimitSettings) -> None:
     """400 with `param` for a well-known field of the wrong type or an absurd value."""
     for name, (ok, message) in _CHECKS[kind].items():
         if name in body and not ok(body[name]):
             raise InvalidRequest(message, param=name, code="invalid_value")
     n = body.get("n")
-    if _is_int(n) and n > max_n:
-        raise InvalidRequest(f"'n' may be at most {max_n}.", param="n", code="invalid_value")
+    if _is_int(n) and n > limits.max_n:
+        raise InvalidRequest(f"'n' may be at most {limits.max_n}.", param="n", code="invalid_value")
     inputs = body.get("input")
-    if isinstance(inputs, list) and not _tokens_ok(inputs) and len(inputs) > max_inputs:
-        raise InvalidRequest(f"'input' may hold at most {max_inputs} items.", param="input", code="invalid_value")
+    cap = limits.max_embedding_inputs
+    if isinstance(inputs, list) and not _tokens_ok(inputs) and len(inputs) > cap:
+        raise InvalidRequest(f"'input' may hold at most {cap} items.", param="input", code="invalid_value")

@@ -50,10 +50,10 @@ class Worker:
 
     async def _parse(self, request: Request, kind: str) -> tuple[dict[str, Any], str, bytes]:
         self._authorize(request)
-        raw = await read_body(request, self.settings.wrapper.max_body_bytes)
+        raw = await read_body(request, self.settings.limits.max_body_bytes)
         body = wire.parse_body(raw)
         model = wire.require_routing_fields(body, kind)
-        wire.check_fields(body, kind, self.settings.wrapper.max_n, self.settings.wrapper.max_embedding_inputs)
+        wire.check_fields(body, kind, self.settings.limits)
         if model not in self.models:
             raise NotFound(f"The model '{model}' does not exist on this worker.", param="model",
                            code="model_not_found")

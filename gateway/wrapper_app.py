@@ -45,10 +45,10 @@ class Wrapper:
     async def _proxy(self, request: Request, kind: str, path: str) -> Response:
         request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
         key = self.keys.authenticate(request.headers.get("authorization"))
-        raw = await read_body(request, self.settings.wrapper.max_body_bytes)
+        raw = await read_body(request, self.settings.limits.max_body_bytes)
         body = wire.parse_body(raw)
         model = wire.require_routing_fields(body, kind)
-        wire.check_fields(body, kind, self.settings.wrapper.max_n, self.settings.wrapper.max_embedding_inputs)
+        wire.check_fields(body, kind, self.settings.limits)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         headers = {"X-Request-ID": request_id}
