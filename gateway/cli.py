@@ -143,7 +143,7 @@ def wrapper(argv: Sequence[str]) -> int:
             if child.is_alive():
                 os.kill(child.pid, signal.SIGTERM)
         for child in children:
-            child.join(settings.worker.drain_seconds + 5)
+            child.join(settings.wrapper.drain_seconds + 5)
 
 
 def _serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, log_level: str | None = None) -> int:
@@ -157,4 +157,4 @@ def _serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, l
     except ConfigError as exc:
         return _fail(str(exc))
     sockets = [shared_port_socket(host, port)] if share_port else None
-    return run(serve(uvicorn_config(app, host, port, drain_seconds=settings.worker.drain_seconds), sockets=sockets))
+    return run(serve(uvicorn_config(app, host, port, drain_seconds=settings.wrapper.drain_seconds), sockets=sockets))

@@ -69,6 +69,7 @@ class WrapperSettings(_Section):
     api_keys: list[ApiKey] = []
     api_keys_file: str | None = None
     consul_wait: str = "30s"
+    drain_seconds: float = Field(10.0, ge=0)
     processes: int = Field(1, ge=1, le=64)
 
 
