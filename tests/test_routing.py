@@ -153,3 +153,16 @@ def test_a_new_wrapper_routes_as_soon_as_it_is_up(procs, consul):
     start_worker(procs, consul, "generators.echo.EchoGen", "--models", model)
     wrapper = start_wrapper(procs, consul)  # returns once /health answers
     assert routable(wrapper, model)
+
+
+def test_advertised_address_is_registered_and_routed(procs, consul, wrapper):
+    model = unique_model()
+    port = free_port()
+    proc = procs.start(f"worker-{port}", python_script("template_worker.py", "0.0.0.0", str(port),
+                                                       "generators.echo.EchoGen", "--models", model,
+                                                       "--advertise", "127.0.0.2"),
+                       env={"CONSUL_HTTP_ADDR": consul.addr})
+    wait_until(lambda: routable(wrapper, model), 10, f"the worker to register\n{proc.output()}")
+    entry = consul.services()[f"echo-127.0.0.2-{port}"]
+    assert (entry["Address"], entry["Port"]) == ("127.0.0.2", port)
+    assert chat(wrapper, model)[0] == 200
