@@ -78,6 +78,11 @@ def start_worker(procs: Procs, consul: Consul, generator: str = "generators.echo
     return server
 
 
+def start_model_worker(procs: Procs, consul: Consul, generator: str, *args: str) -> Server:
+    """A worker hosting a local model: offline, and given time to load it."""
+    return start_worker(procs, consul, generator, *args, env={"HF_HUB_OFFLINE": "1"}, register_timeout=180)
+
+
 def start_wrapper(procs: Procs, consul: Consul, *args: str, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     proc = procs.start(f"wrapper-{port}", python_script("main_openai_wrapper_v2.py", "127.0.0.1", str(port), *args),

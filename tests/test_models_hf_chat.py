@@ -9,7 +9,7 @@ import openai
 import pytest
 
 import tiny_chat_model
-from conftest import sdk_client, start_worker, unique_model
+from conftest import sdk_client, start_model_worker, unique_model
 from procs import wait_until
 
 MODEL = unique_model("tiny-llama")
@@ -23,10 +23,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker(module_procs, consul, model_dir):
-    server = start_worker(module_procs, consul, "generators.hf_chat.HFChatGen", "--model-path", str(model_dir),
-                          "--models", MODEL, env={"HF_HUB_OFFLINE": "1"},
-                          register_timeout=180)  # loading the model takes a while
-    return server
+    return start_model_worker(module_procs, consul, "generators.hf_chat.HFChatGen", "--model-path", str(model_dir),
+                              "--models", MODEL)
 
 
 @pytest.fixture(scope="module")

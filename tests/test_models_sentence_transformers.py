@@ -7,17 +7,15 @@ import math
 import openai
 import pytest
 
-from conftest import sdk_client, start_worker, unique_model
+from conftest import sdk_client, start_model_worker, unique_model
 
 MODEL = unique_model("minilm")
 
 
 @pytest.fixture(scope="module")
 def worker(module_procs, consul):
-    server = start_worker(module_procs, consul, "generators.sentence_transformers.SentenceTransformerGen",
-                          "--models", MODEL, env={"HF_HUB_OFFLINE": "1"},
-                          register_timeout=180)  # loading the model takes a while
-    return server
+    return start_model_worker(module_procs, consul, "generators.sentence_transformers.SentenceTransformerGen",
+                              "--models", MODEL)
 
 
 @pytest.fixture(scope="module")
