@@ -41,7 +41,7 @@ class ConsulSettings(_Section):
 
 class TimeoutSettings(_Section):
     connect: float = Field(2.0, gt=0)
-    first_byte: float = Field(60.0, gt=0)
+    first_byte: float = Field(300.0, gt=0)  # a worker answers JSON only when the whole answer is made
     idle: float = Field(60.0, gt=0)
     total: float = Field(600.0, gt=0)
 
