@@ -1,7 +1,7 @@
-"""python3 main_openai_wrapper_v2.py HOST PORT [--config env.yaml]"""
+"""python3 main_openai_wrapper_v2.py HOST PORT [--config env.yaml] [--processes N]"""
 import sys
 
-from gateway.cli import wrapper
+from wrapper.cli import main
 
 if __name__ == "__main__":
-    sys.exit(wrapper(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

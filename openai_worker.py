@@ -1,7 +1,7 @@
 """python3 openai_worker.py HOST PORT [--models a,b|public=upstream] [--svc-name NAME]"""
 import sys
 
-from gateway.cli import openai_worker
+from worker.cli import openai_worker
 
 if __name__ == "__main__":
     sys.exit(openai_worker(sys.argv[1:]))

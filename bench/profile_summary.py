@@ -29,7 +29,7 @@ _STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 def package(path: str) -> str:
     """A coarse owner for a source file as py-spy names it (shortened against sys.path): the top-level
-    package (`aiohttp`, `starlette`, `asyncio (stdlib)`...) or, for this repo, `gateway/relay.py` etc."""
+    package (`aiohttp`, `starlette`, `asyncio (stdlib)`...) or, for this repo, `wrapper/hop.py` etc."""
     if not path or path.startswith("<frozen"):
         return "stdlib" if path else "native/unknown"
     p = path.replace("\\", "/")
@@ -41,11 +41,11 @@ def package(path: str) -> str:
         p = p[len(str(_ROOT)) + 1:]
     if "/" in p:
         top = p.split("/", 1)[0]
-        if top in ("gateway", "svc_mgr", "generators"):
+        if top in ("common", "worker", "wrapper", "svc_mgr", "generators"):
             return p
         return f"{top} (stdlib)" if (_STDLIB / top).exists() else top
     # a bare file name: a module of this repo's packages, an entry script, or a stdlib module
-    for mod in ("gateway", "svc_mgr", "generators"):
+    for mod in ("common", "worker", "wrapper", "svc_mgr", "generators"):
         if (_ROOT / mod / p).exists():
             return f"{mod}/{p}"
     if (_ROOT / p).exists():

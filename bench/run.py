@@ -467,7 +467,7 @@ def code_version() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "svc_mgr", "generators",
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "common", "worker", "wrapper", "svc_mgr", "generators",
                                 "main_openai_wrapper_v2.py", "template_worker.py", "env.yaml"],
                                cwd=ROOT, capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):

@@ -1,4 +1,7 @@
-"""Model adapters. Subclass `Generator` to wrap a new model or API."""
-from .base import Delta, Embeddings, Generator, Output, ToolCall, ToolCallDelta, Usage
+"""Model adapters. Subclass `Generator` to wrap a new model or API (`ProxyGenerator` to relay one)."""
+from common.wire import Capability
 
-__all__ = ["Delta", "Embeddings", "Generator", "Output", "ToolCall", "ToolCallDelta", "Usage"]
+from .base import Delta, Embeddings, Forwarded, Generator, Output, ProxyGenerator, ToolCall, ToolCallDelta, Usage
+
+__all__ = ["Capability", "Delta", "Embeddings", "Forwarded", "Generator", "Output", "ProxyGenerator", "ToolCall",
+           "ToolCallDelta", "Usage"]

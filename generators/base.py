@@ -1,4 +1,4 @@
-"""The Generator base class: what a model adapter implements, and how the worker calls it.
+"""The Generator contract: what a model adapter implements, and what the worker calls.
 
 A subclass lists its `models` and implements any of:
 
@@ -9,6 +9,9 @@ A subclass lists its `models` and implements any of:
 `request` is the client's JSON body as a dict, every field untouched. Each method may be plain or
 `async`; a stream may be a plain or an async iterator. Plain code runs in a worker thread, so it may
 block. Implement either form of a capability and the worker derives the other.
+
+The worker calls only `supports`, `answer`, `stream`, `embeddings`, `count_tokens`, `startup` and
+`shutdown`; a `ProxyGenerator` (one that relays an upstream's bytes) is called through `forward` instead.
 """
 from __future__ import annotations
 
@@ -20,7 +23,14 @@ from typing import Any, AsyncIterator, Callable, ClassVar, Sequence
 
 import anyio.to_thread
 
-CAPABILITIES = ("chat", "completion", "embedding")
+from common.wire import Capability
+
+# The methods that serve each capability: (whole answer, stream). Embeddings have no stream.
+_METHODS: dict[Capability, tuple[str, str | None]] = {
+    Capability.CHAT: ("chat", "chat_stream"),
+    Capability.COMPLETION: ("completion", "completion_stream"),
+    Capability.EMBEDDING: ("embed", None),
+}
 
 
 @dataclass
@@ -111,48 +121,86 @@ class Generator:
 
     # ---- what the worker calls ---------------------------------------------------------------
 
-    def supports(self, capability: str) -> bool:
-        names = {"chat": ("chat", "chat_stream"), "completion": ("completion", "completion_stream"),
-                 "embedding": ("embed",)}[capability]
-        return any(callable(getattr(self, n, None)) for n in names)
+    def _method(self, name: str | None) -> Callable[..., Any] | None:
+        method = getattr(self, name, None) if name else None
+        return method if callable(method) else None
 
-    async def answer(self, capability: str, request: dict[str, Any]) -> Output:
-        whole = getattr(self, capability, None)
-        if callable(whole):
+    def supports(self, capability: Capability) -> bool:
+        return any(self._method(name) for name in _METHODS[capability])
+
+    async def answer(self, capability: Capability, request: dict[str, Any]) -> Output:
+        """One whole answer: the whole-answer method, else the stream joined."""
+        whole_name, stream_name = _METHODS[capability]
+        whole = self._method(whole_name)
+        if whole is not None:
             return _as_output(await _call(whole, request))
-        return await _join(self.stream(capability, request))
+        streaming = self._method(stream_name)
+        if streaming is None:
+            raise NotImplementedError(f"{type(self).__name__} does not serve {capability}")
+        return await _join(_deltas(streaming, request))
 
-    async def stream(self, capability: str, request: dict[str, Any]) -> AsyncIterator[Delta]:
-        """Deltas of one answer; closing this iterator stops the Generator."""
-        streaming = getattr(self, f"{capability}_stream", None)
-        if not callable(streaming):
-            yield _output_as_delta(await self.answer(capability, request))
+    async def stream(self, capability: Capability, request: dict[str, Any]) -> AsyncIterator[Delta]:
+        """Deltas of one answer: the stream method, else the whole answer as one delta. Closing this
+        iterator stops the Generator."""
+        whole_name, stream_name = _METHODS[capability]
+        streaming = self._method(stream_name)
+        if streaming is not None:
+            async for delta in _deltas(streaming, request):
+                yield delta
             return
-        if inspect.isasyncgenfunction(streaming):
-            source = streaming(request)
-        else:
-            source = await _call(streaming, request)
-        if hasattr(source, "__aiter__"):
-            agen = source.__aiter__()
-            try:
-                async for piece in agen:
-                    yield _as_delta(piece)
-            finally:
-                if hasattr(agen, "aclose"):
-                    await agen.aclose()
-        else:
-            async for piece in _iterate_in_thread(iter(source)):
-                yield _as_delta(piece)
+        whole = self._method(whole_name)
+        if whole is None:
+            raise NotImplementedError(f"{type(self).__name__} does not serve {capability}")
+        yield _output_as_delta(_as_output(await _call(whole, request)))
 
     async def embeddings(self, request: dict[str, Any], inputs: list[Any]) -> Embeddings:
         """`inputs` holds strings, or token arrays where the client sent tokens."""
-        result = await _call(self.embed, {**request, "input": inputs})
+        embed = self._method("embed")
+        if embed is None:
+            raise NotImplementedError(f"{type(self).__name__} does not serve embeddings")
+        result = await _call(embed, {**request, "input": inputs})
         if isinstance(result, Embeddings):
             return result
         return Embeddings(vectors=list(result))
 
 
-async def _call(fn: Callable[[dict], Any], request: dict[str, Any]) -> Any:
+@dataclass
+class Forwarded:
+    """An upstream's answer, to relay as it is."""
+
+    status: int
+    content_type: str
+    body: AsyncIterator[bytes]
+
+
+class ProxyGenerator(Generator):
+    """A Generator that relays another OpenAI-compatible API: the worker hands it the client's raw
+    request and relays the upstream's bytes, instead of shaping answers itself."""
+
+    async def forward(self, capability: Capability, request: dict[str, Any], raw: bytes) -> Forwarded:
+        raise NotImplementedError
+
+
+async def _deltas(streaming: Callable[..., Any], request: dict[str, Any]) -> AsyncIterator[Delta]:
+    """The pieces of a plain or async stream method, as Deltas; a blocking iterator is pulled off the loop."""
+    if inspect.isasyncgenfunction(streaming):
+        source = streaming(request)
+    else:
+        source = await _call(streaming, request)
+    if hasattr(source, "__aiter__"):
+        agen = source.__aiter__()
+        try:
+            async for piece in agen:
+                yield _as_delta(piece)
+        finally:
+            if hasattr(agen, "aclose"):
+                await agen.aclose()
+    else:
+        async for piece in _iterate_in_thread(iter(source)):
+            yield _as_delta(piece)
+
+
+async def _call(fn: Callable[..., Any], request: dict[str, Any]) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(request)
     return await anyio.to_thread.run_sync(fn, request)

@@ -9,6 +9,8 @@ import re
 import struct
 from typing import Any, AsyncIterator
 
+from common.wire import message_text
+
 from .base import Generator
 
 DIMENSIONS = 64
@@ -18,15 +20,6 @@ _WORD = re.compile(r"\s*\S+\s*|\s+")
 def words_with_spacing(text: str) -> list[str]:
     """Split into one piece per word, keeping all whitespace, so the pieces join back to `text`."""
     return _WORD.findall(text)
-
-
-def text_of(content: Any) -> str:
-    """The text of a chat message's content: a string, or the text parts of a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
 
 
 def unit_vector(text: str, dimensions: int = DIMENSIONS) -> list[float]:
@@ -57,7 +50,7 @@ class EchoGen(Generator):
     def _last_user_text(self, request: dict[str, Any]) -> str:
         for message in reversed(request.get("messages") or []):
             if isinstance(message, dict) and message.get("role") == "user":
-                return text_of(message.get("content"))
+                return message_text(message.get("content"))
         return ""
 
     async def _words(self, text: str) -> AsyncIterator[str]:

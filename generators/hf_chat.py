@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
-from gateway.errors import InvalidRequest
+from common.errors import InvalidRequest
+from common.wire import message_text
 
 from .base import Delta, Generator, Usage
-from .echo import text_of
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class HFChatGen(Generator):
         if not self._tokenizer.chat_template:
             raise InvalidRequest(f"The model '{request['model']}' has no chat template; use /v1/completions, "
                                  "or start the worker with --chat-template FILE.", code="unsupported_capability")
-        messages = [{**m, "content": text_of(m.get("content"))} if m.get("content") is not None else m
+        messages = [{**m, "content": message_text(m.get("content"))} if m.get("content") is not None else m
                     for m in request["messages"]]
         try:
             return self._tokenizer.apply_chat_template(messages, tools=request.get("tools"), tokenize=False,

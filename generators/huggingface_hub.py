@@ -21,10 +21,10 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from gateway.errors import BadGateway, GatewayTimeout, InvalidRequest, OpenAIError, RateLimited, Unavailable
+from common.errors import BadGateway, GatewayTimeout, InvalidRequest, OpenAIError, RateLimited, Unavailable
 
 from .base import Generator
-from .sentence_transformers import text_inputs
+from ._shared import text_inputs
 
 log = logging.getLogger(__name__)
 

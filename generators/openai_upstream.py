@@ -9,20 +9,22 @@ to the upstream only, and is cut out of any upstream message passed on.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import httpx
 import orjson
 
-from gateway.config import UpstreamSettings, secret
-from gateway.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited, sse_error_event
+from common.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited
+from common.settings import UpstreamSettings, secret
+from common.wire import Capability, sse_error_event
 
-from .base import Generator
+from .base import Forwarded, ProxyGenerator
 
 log = logging.getLogger(__name__)
 
-PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+# below the upstream's base URL, which ends in /v1 as OpenAI's does
+UPSTREAM_PATHS = {Capability.CHAT: "/chat/completions", Capability.COMPLETION: "/completions",
+                  Capability.EMBEDDING: "/embeddings"}
 PASS_THROUGH_STATUSES = frozenset({400, 404, 409, 413, 422})
 
 
@@ -39,16 +41,7 @@ def parse_aliases(spec: str | None) -> dict[str, str] | None:
     return aliases
 
 
-@dataclass
-class Forwarded:
-    """An upstream answer to relay as is."""
-
-    status: int
-    content_type: str
-    body: AsyncIterator[bytes]
-
-
-class OpenAIUpstreamGen(Generator):
+class OpenAIUpstreamGen(ProxyGenerator):
     service_name = "openai-upstream"
     owned_by = "openai-upstream"
 
@@ -61,8 +54,8 @@ class OpenAIUpstreamGen(Generator):
         self.models = tuple(self.aliases)  # filled from the upstream at start-up when empty
         self._client: httpx.AsyncClient | None = None
 
-    def supports(self, capability: str) -> bool:
-        return capability in PATHS
+    def supports(self, capability: Capability) -> bool:
+        return capability in UPSTREAM_PATHS
 
     async def startup(self) -> None:
         api_key = secret(self.upstream.api_key)
@@ -116,17 +109,17 @@ class OpenAIUpstreamGen(Generator):
             await _raise_for_upstream(response, secret(self.upstream.api_key))
         return response
 
-    async def forward(self, capability: str, request: dict[str, Any], raw: bytes) -> Forwarded:
+    async def forward(self, capability: Capability, request: dict[str, Any], raw: bytes) -> Forwarded:
         """Send the client's request upstream (re-encoded only when an alias renames the model)."""
         upstream_model = self.aliases.get(request["model"], request["model"])
         if upstream_model != request["model"]:
             raw = orjson.dumps({**request, "model": upstream_model})
-        response = await self._send("POST", PATHS[capability], raw)
+        response = await self._send("POST", UPSTREAM_PATHS[capability], raw)
         content_type = response.headers.get("content-type", "application/json")
-        return Forwarded(response.status_code, content_type, _relay(response))
+        return Forwarded(response.status_code, content_type, _body_chunks(response))
 
 
-async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.aiter_raw():
             yield chunk

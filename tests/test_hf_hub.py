@@ -13,9 +13,9 @@ import pytest
 import respx
 from starlette.testclient import TestClient
 
-from gateway.config import Settings
-from gateway.errors import OpenAIError
-from gateway.worker_app import Worker
+from common.settings import Settings
+from common.errors import OpenAIError
+from worker.app import Worker
 from generators.huggingface_hub import DEFAULT_API_BASE, HfHubGen
 
 TOKEN = "hf_secret_token_123"

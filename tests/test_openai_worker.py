@@ -13,9 +13,9 @@ import respx
 from starlette.testclient import TestClient
 
 from conftest import routable, start_worker, unique_model
-from gateway.config import Settings, UpstreamSettings
-from gateway.errors import OpenAIError
-from gateway.worker_app import Worker
+from common.settings import Settings, UpstreamSettings
+from common.errors import OpenAIError
+from worker.app import Worker
 from generators.echo import unit_vector
 from generators.openai_upstream import OpenAIUpstreamGen, parse_aliases
 from procs import get_json, wait_until

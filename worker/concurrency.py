@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from .errors import RateLimited
+from common.errors import RateLimited
 
 
 class ConcurrencyLimit:

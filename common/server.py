@@ -1,4 +1,4 @@
-"""Running an app under uvicorn with the start-up and shutdown order the gateway needs."""
+"""Serving an app under uvicorn on uvloop, with the start-up and shutdown order both sides need."""
 from __future__ import annotations
 
 import asyncio
@@ -8,12 +8,8 @@ import signal
 import socket
 from typing import Any, Awaitable, Callable, Iterator
 
-import aiohttp
 import uvicorn
 import uvloop
-
-from .config import Settings
-from .worker_app import Worker
 
 log = logging.getLogger(__name__)
 
@@ -109,34 +105,3 @@ async def serve(config: uvicorn.Config, *, after_start: Hook | None = None, befo
             raise
     await task
     return 0
-
-
-async def serve_worker(worker: Worker, settings: Settings, host: str, port: int, advertised: str,
-                       service: str) -> int:
-    """A worker's whole life: start its Generator, bind, check its own /health, register in Consul;
-    on SIGTERM/SIGINT deregister first, then drain and stop the Generator."""
-    from svc_mgr import Registration
-
-    if settings.worker.secret is None:
-        log.warning("no worker secret set (worker.secret or WORKER_SECRET): anyone who can reach this port "
-                    "can call the model")
-    await worker.start()  # before binding: a Generator that cannot start fails with one clear line
-    health = f"http://{advertised}:{port}/health"
-    registration = Registration(settings.consul, settings.worker, name=service, host=advertised, port=port,
-                                models=worker.generator.models, health_url=health)
-
-    async def after_start() -> None:
-        async with aiohttp.ClientSession() as session, session.get(health) as resp:
-            resp.raise_for_status()
-        await registration.register()
-        registration.start_keepalive()
-
-    async def before_stop() -> None:
-        await registration.deregister()
-
-    try:
-        config = uvicorn_config(worker.app(), host, port, drain_seconds=settings.worker.drain_seconds)
-        return await serve(config, after_start=after_start, before_stop=before_stop)
-    finally:
-        await registration.close()
-        await worker.stop()

@@ -7,17 +7,28 @@ import logging
 import os
 from typing import AsyncIterator
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from common import wire
+from common.errors import model_not_found
+from common.http import CLIENT_CLOSED, JSON, ClientGone, SSEResponse, json_response, openai_app, read_body, unless_disconnected
+from common.settings import Settings, load_api_keys, secret
+from common.wire import Capability
 from svc_mgr import POLICIES, Discovery, RoutingTable
 
-from . import wire
 from .auth import KeyRing
-from .config import Settings, load_api_keys, secret
-from .http import CLIENT_CLOSED, JSON, ClientGone, RelayStream, json_response, openai_app, read_body, unless_disconnected
-from .relay import Hop, model_not_found
+from .hop import Hop
+
+
+class WrapperHealth(BaseModel):
+    status: str
+    pid: int
+    models: int  # routable models
+    in_flight: int
+    consul: str  # "up" or "down"
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +45,39 @@ class Wrapper:
         self.created = wire.now()
 
     async def chat(self, request: Request) -> Response:
-        return await self._proxy(request, "chat", "/v1/chat/completions")
+        return await self._route(request, Capability.CHAT)
 
     async def completion(self, request: Request) -> Response:
-        return await self._proxy(request, "completion", "/v1/completions")
+        return await self._route(request, Capability.COMPLETION)
 
     async def embeddings(self, request: Request) -> Response:
-        return await self._proxy(request, "embedding", "/v1/embeddings")
+        return await self._route(request, Capability.EMBEDDING)
 
-    async def _proxy(self, request: Request, kind: str, path: str) -> Response:
+    async def _route(self, request: Request, capability: Capability) -> Response:
         request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
         key = self.keys.authenticate(request.headers.get("authorization"))
         raw = await read_body(request, self.settings.limits.max_body_bytes)
         body = wire.parse_body(raw)
-        model = wire.require_routing_fields(body, kind)
-        wire.check_fields(body, kind, self.settings.limits)
+        model = wire.require_routing_fields(body, capability)
+        wire.check_fields(body, capability, self.settings.limits)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         headers = {"X-Request-ID": request_id}
         stream = wire.is_stream(body)
         try:
-            upstream = await unless_disconnected(
-                request, self.hop.open(model, path, raw, request_id, whole=not stream))
+            attempt = await unless_disconnected(
+                request, self.hop.open(model, wire.PATHS[capability], raw, request_id, whole=not stream))
         except ClientGone:
             log.debug("request %s: client went away; abandoned", request_id)
             return Response(status_code=CLIENT_CLOSED)
         # DEBUG, not INFO: a log line per request costs a third of the throughput (docs/performance.md)
-        log.debug("request %s: %s %s -> %s %d", request_id, kind, model, upstream.instance.id, upstream.status)
-        headers.update(upstream.headers())
-        if upstream.content is None and upstream.content_type.startswith("text/event-stream"):
-            return RelayStream(self.hop.stream(upstream), upstream.status,
-                               {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                               on_close=upstream.close)
-        content = upstream.content if upstream.content is not None else await self.hop.read(upstream)
-        upstream.close()
-        return Response(content, status_code=upstream.status, media_type=JSON, headers=headers)
+        log.debug("request %s: %s %s -> %s %d", request_id, capability, model, attempt.instance.id, attempt.status)
+        headers.update(attempt.headers())
+        if attempt.content is None and attempt.content_type.startswith(wire.SSE):
+            return SSEResponse(self.hop.stream(attempt), attempt.status, headers, on_close=attempt.close)
+        content = attempt.content if attempt.content is not None else await self.hop.read(attempt)
+        attempt.close()
+        return Response(content, status_code=attempt.status, media_type=JSON, headers=headers)
 
     async def models(self, request: Request) -> Response:
         key = self.keys.authenticate(request.headers.get("authorization"))
@@ -79,9 +88,9 @@ class Wrapper:
                 entries.append(wire.model_entry(name, self.created, owner))
         return json_response(wire.model_list(entries))
 
-    async def model(self, request: Request) -> Response:
+    async def model(self, request: Request, model: str) -> Response:
         key = self.keys.authenticate(request.headers.get("authorization"))
-        name = request.path_params["model"]
+        name = model
         instances = self.table.instances(name)
         if not instances or not self.keys.allows(key, name):
             raise model_not_found(name)
@@ -110,9 +119,10 @@ class Wrapper:
             await self.hop.close()
 
     def app(self) -> ASGIApp:
-        return openai_app(
-            posts={"/v1/chat/completions": self.chat, "/v1/completions": self.completion,
-                   "/v1/embeddings": self.embeddings},
-            gets={"/v1/models": self.models, "/v1/models/{model:path}": self.model, "/health": self.health},
-            lifespan=self.lifespan,
-        )
+        api, asgi = openai_app("openai-api-wrapper", lifespan=self.lifespan, posts={
+            wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
+            wire.PATHS[Capability.EMBEDDING]: self.embeddings})
+        api.add_api_route("/v1/models", self.models, methods=["GET"], response_model=wire.ModelList)
+        api.add_api_route("/v1/models/{model:path}", self.model, methods=["GET"], response_model=wire.ModelObject)
+        api.add_api_route("/health", self.health, methods=["GET"], response_model=WrapperHealth)
+        return asgi

@@ -1,4 +1,4 @@
-"""The hop from the wrapper to a worker: pick an instance, fail over, relay bytes untouched."""
+"""The hop from the wrapper to a worker: pick an instance, fail over, pass the answer's bytes on untouched."""
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +7,10 @@ from typing import AsyncIterator
 
 import aiohttp
 
+from common.errors import BadGateway, GatewayTimeout, OpenAIError, Unavailable, model_not_found
+from common.settings import TimeoutSettings, WrapperSettings
+from common.wire import sse_error_event
 from svc_mgr import Instance, RoutingTable
-
-from .config import TimeoutSettings, WrapperSettings
-from .errors import BadGateway, GatewayTimeout, NotFound, OpenAIError, Unavailable, sse_error_event
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ RETRY_STATUSES = frozenset({429, 502, 503})
 _CONNECT_FAILURES = (aiohttp.ClientConnectionError, OSError)
 
 
-class Upstream:
+class Attempt:
     """One attempt at a worker: its instance's in-flight slot, then its answer once headers arrived."""
 
     def __init__(self, instance: Instance, deadline: float, request_id: str) -> None:
@@ -58,11 +58,6 @@ class Upstream:
             self.response.close()
 
 
-def model_not_found(model: str) -> NotFound:
-    return NotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model",
-                    code="model_not_found")
-
-
 class Hop:
     """One pooled HTTP client to all workers, created at start-up and reused by every request."""
 
@@ -99,7 +94,7 @@ class Hop:
     def _remaining(self, deadline: float, limit: float) -> float:
         return max(min(limit, deadline - asyncio.get_running_loop().time()), 0)
 
-    async def open(self, model: str, path: str, body: bytes, request_id: str, *, whole: bool) -> Upstream:
+    async def open(self, model: str, path: str, body: bytes, request_id: str, *, whole: bool) -> Attempt:
         """Send to a healthy instance and wait for its headers (and, if `whole`, its whole body), failing
         over on connection errors, resets, timeouts and 429/502/503, within the attempt limit and the
         overall deadline. A stream is never retried once its first byte was relayed: that is the caller's
@@ -107,15 +102,15 @@ class Hop:
         assert self._session is not None, "Hop.start() was not called"
         deadline = asyncio.get_running_loop().time() + self.timeouts.total
         tried: list[Instance] = []
-        last: OpenAIError | Upstream | None = None
+        last: OpenAIError | Attempt | None = None
         for _ in range(self.settings.max_attempts):
             inst = self.table.pick(model, exclude=tried) or (self.table.pick(model) if tried else None)
             if inst is None or self._remaining(deadline, 1) <= 0:
                 break
             tried.append(inst)
-            attempt = Upstream(inst, deadline, request_id)
+            attempt = Attempt(inst, deadline, request_id)
             try:
-                await self._attempt(attempt, path, body, request_id, whole)
+                await self._send(attempt, path, body, request_id, whole)
             except OpenAIError as exc:
                 attempt.close()
                 self.table.cool_down(inst)
@@ -128,14 +123,14 @@ class Hop:
                 raise
             if attempt.status in RETRY_STATUSES:
                 self.table.cool_down(inst)
-                if isinstance(last, Upstream):
+                if isinstance(last, Attempt):
                     last.close()
                 last = attempt
                 continue
-            if isinstance(last, Upstream):
+            if isinstance(last, Attempt):
                 last.close()
             return attempt
-        if isinstance(last, Upstream):
+        if isinstance(last, Attempt):
             return last  # every instance was busy or failing: pass the last worker answer on
         if last is not None:
             raise last
@@ -144,7 +139,7 @@ class Hop:
                               headers={"Retry-After": "1"})
         raise model_not_found(model)
 
-    async def _attempt(self, attempt: Upstream, path: str, body: bytes, request_id: str, whole: bool) -> None:
+    async def _send(self, attempt: Attempt, path: str, body: bytes, request_id: str, whole: bool) -> None:
         assert self._session is not None
         try:
             # aiohttp enforces the connect timeout; the first-byte clock starts once connected
@@ -162,50 +157,50 @@ class Hop:
         if whole:
             attempt.content = await self._read_body(attempt)
 
-    async def _read_body(self, upstream: Upstream) -> bytes:
-        assert upstream.response is not None
+    async def _read_body(self, attempt: Attempt) -> bytes:
+        assert attempt.response is not None
         try:
-            async with asyncio.timeout(self._remaining(upstream.deadline, self.timeouts.idle)):
-                return await upstream.response.read()
+            async with asyncio.timeout(self._remaining(attempt.deadline, self.timeouts.idle)):
+                return await attempt.response.read()
         except TimeoutError:
             raise GatewayTimeout("The worker stopped sending its answer.", code="idle_timeout") from None
         except _CONNECT_FAILURES + (aiohttp.ClientPayloadError,):
             raise BadGateway("The worker failed while sending its answer.", code="worker_failed") from None
 
-    async def read(self, upstream: Upstream) -> bytes:
+    async def read(self, attempt: Attempt) -> bytes:
         """The whole body of an answer that was not read inside its attempt (a stream request's error)."""
         try:
-            return await self._read_body(upstream)
+            return await self._read_body(attempt)
         finally:
-            upstream.close()
+            attempt.close()
 
-    async def stream(self, upstream: Upstream) -> AsyncIterator[bytes]:
+    async def stream(self, attempt: Attempt) -> AsyncIterator[bytes]:
         """Relay an SSE body chunk by chunk as it arrives. If the worker fails or stalls mid-stream, end
         with one OpenAI error event and no [DONE], so the client can tell the answer is truncated."""
-        assert upstream.response is not None
-        content = upstream.response.content
+        assert attempt.response is not None
+        content = attempt.response.content
         tail = b"\n\n"
         try:
             while True:
-                async with asyncio.timeout(self._remaining(upstream.deadline, self.timeouts.idle)):
+                async with asyncio.timeout(self._remaining(attempt.deadline, self.timeouts.idle)):
                     chunk = await content.readany()
                 if not chunk:
                     return
                 tail = chunk[-2:]
                 yield chunk
         except TimeoutError:
-            if asyncio.get_running_loop().time() >= upstream.deadline:
+            if asyncio.get_running_loop().time() >= attempt.deadline:
                 error = GatewayTimeout("The request took longer than the gateway's total timeout.",
                                        code="total_timeout")
             else:
                 error = GatewayTimeout("The worker stopped sending the stream.", code="idle_timeout")
             yield self._boundary(tail) + sse_error_event(error)
         except _CONNECT_FAILURES + (aiohttp.ClientPayloadError,):
-            log.warning("request %s: worker %s failed mid-stream", upstream.request_id, upstream.instance.id)
+            log.warning("request %s: worker %s failed mid-stream", attempt.request_id, attempt.instance.id)
             yield self._boundary(tail) + sse_error_event(
                 BadGateway("The worker failed in the middle of the stream.", code="worker_failed"))
         finally:
-            upstream.close()
+            attempt.close()
 
     @staticmethod
     def _boundary(tail: bytes) -> bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import hmac
 from typing import Sequence
 
-from .config import ApiKey
-from .errors import Unauthorized
+from common.errors import Unauthorized
+from common.settings import ApiKey
 
 
 class KeyRing:

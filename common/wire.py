@@ -5,17 +5,29 @@ import base64
 import os
 import struct
 import time
-from typing import Any, Callable, Iterable, Sequence
+from enum import StrEnum
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import orjson
+from pydantic import BaseModel
 
-from .config import LimitSettings
-from .errors import InvalidRequest
+from .errors import InvalidRequest, error_json
+from .settings import LimitSettings
 
-DONE_EVENT = b"data: [DONE]\n\n"
+
+class Capability(StrEnum):
+    """What a request asks a model to do: one per model-addressed endpoint."""
+
+    CHAT = "chat"
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+
+
+PATHS = {Capability.CHAT: "/v1/chat/completions", Capability.COMPLETION: "/v1/completions",
+         Capability.EMBEDDING: "/v1/embeddings"}
 
 # What each endpoint's body must carry besides `model`, for routing and validation.
-INPUT_FIELD = {"chat": "messages", "completion": "prompt", "embedding": "input"}
+INPUT_FIELD = {Capability.CHAT: "messages", Capability.COMPLETION: "prompt", Capability.EMBEDDING: "input"}
 
 
 def new_id(prefix: str) -> str:
@@ -30,8 +42,19 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
+# ---- SSE framing ----------------------------------------------------------------------------
+
+DONE_EVENT = b"data: [DONE]\n\n"
+SSE = "text/event-stream"
+
+
 def sse_event(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def sse_error_event(exc: BaseException) -> bytes:
+    """The event a stream ends with when it fails after it started (no [DONE] follows)."""
+    return b"data: " + error_json(exc) + b"\n\n"
 
 
 # ---- requests -------------------------------------------------------------------------------
@@ -48,20 +71,29 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def require_routing_fields(body: dict[str, Any], kind: str) -> str:
+def require_routing_fields(body: dict[str, Any], capability: Capability) -> str:
     """Check what routing needs and return the model name; everything else passes through untouched."""
     model = body.get("model")
     if model is None:
         raise InvalidRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
     if not isinstance(model, str):
         raise InvalidRequest("'model' must be a string.", param="model", code="invalid_type")
-    field = INPUT_FIELD[kind]
+    field = INPUT_FIELD[capability]
     if field not in body:
         raise InvalidRequest(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
     return model
+
+
+def message_text(content: Any) -> str:
+    """The text of a chat message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
 
 
 def is_stream(body: dict[str, Any]) -> bool:
@@ -90,9 +122,9 @@ def chat_message(content: str | None, tool_calls: list[dict] | None) -> dict[str
     return message
 
 
-def _completion_object(kind: str, cid: str, created: int, model: str, choices: list[dict],
+def _completion_object(object_type: str, cid: str, created: int, model: str, choices: list[dict],
                        usage_: dict | None) -> dict:
-    out = {"id": cid, "object": kind, "created": created, "model": model, "choices": choices}
+    out = {"id": cid, "object": object_type, "created": created, "model": model, "choices": choices}
     if usage_ is not None:
         out["usage"] = usage_
     return out
@@ -123,6 +155,23 @@ def text_choice(index: int, text: str, finish_reason: str | None) -> dict:
     return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def tool_call_delta(index: int, call_id: str | None, name: str | None, arguments: str) -> dict[str, Any]:
+    """A piece of a streamed tool call: `id`, `type` and `name` come with a call's first piece only."""
+    piece: dict[str, Any] = {"index": index}
+    if call_id:
+        piece["id"] = call_id
+        piece["type"] = "function"
+    function: dict[str, Any] = {"arguments": arguments}
+    if name:
+        function["name"] = name
+    piece["function"] = function
+    return piece
+
+
 def encode_vector(vector: Sequence[float], encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         # OpenAI's base64 format: little-endian float32, as the SDK decodes it.
@@ -149,6 +198,20 @@ def model_entry(name: str, created: int, owned_by: str) -> dict:
 
 def model_list(entries: list[dict]) -> dict:
     return {"object": "list", "data": entries}
+
+
+class ModelObject(BaseModel):
+    """`model_entry`'s shape, for /openapi.json (answers are built as dicts, not validated)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
 
 
 # ---- field checks ---------------------------------------------------------------------------
@@ -227,20 +290,20 @@ _SAMPLING: dict[str, Check] = {
 }
 
 # The constraints OpenAI's spec states for each endpoint: a request the spec accepts is never refused.
-_CHECKS: dict[str, dict[str, Check]] = {
-    "chat": {
+_CHECKS: dict[Capability, dict[str, Check]] = {
+    Capability.CHAT: {
         "messages": (_messages_ok, "'messages' must be a non-empty array of message objects, each with a 'role'."),
         "max_tokens": _int_field("max_tokens"),
         "max_completion_tokens": _int_field("max_completion_tokens"),
         "tools": (lambda v: v is None or isinstance(v, list), "'tools' must be an array."),
         **_SAMPLING,
     },
-    "completion": {
+    Capability.COMPLETION: {
         "prompt": (_prompt_ok, "'prompt' must be a string, or a non-empty array of strings, tokens or token arrays."),
         "max_tokens": _int_field("max_tokens", 0),
         **_SAMPLING,
     },
-    "embedding": {
+    Capability.EMBEDDING: {
         "input": (_input_ok, "'input' must be a string, or a non-empty array of strings, tokens or token arrays."),
         "encoding_format": (lambda v: v in ("float", "base64"), "'encoding_format' must be 'float' or 'base64'."),
         "dimensions": _int_field("dimensions", 1),
@@ -248,9 +311,9 @@ _CHECKS: dict[str, dict[str, Check]] = {
 }
 
 
-def check_fields(body: dict[str, Any], kind: str, limits: LimitSettings) -> None:
+def check_fields(body: dict[str, Any], capability: Capability, limits: LimitSettings) -> None:
     """400 with `param` for a well-known field of the wrong type or an absurd value."""
-    for name, (ok, message) in _CHECKS[kind].items():
+    for name, (ok, message) in _CHECKS[capability].items():
         if name in body and not ok(body[name]):
             raise InvalidRequest(message, param=name, code="invalid_value")
     n = body.get("n")

@@ -1,20 +1,21 @@
-"""Starlette glue shared by the worker and the wrapper: JSON responses, errors, bounded bodies."""
+"""The HTTP glue both apps share: the FastAPI app with its direct hot routes, OpenAI-shaped error
+responses, bounded bodies, the client-disconnect watch and the one SSE writer."""
 from __future__ import annotations
 
 import asyncio
 import logging
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
-from starlette.applications import Starlette
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import wire
-from .errors import InvalidRequest, OpenAIError, error_json, error_status
+from .errors import InvalidRequest, OpenAIError, error_json, to_openai_error
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,20 @@ async def unless_disconnected(request: Request | Receive, work: Awaitable[T]) ->
             watcher.cancel()
 
 
-class RelayStream(Response):
-    """Streams chunks to the client as they come, and stops pulling them (closing their source) as soon
-    as the client goes away. Lighter than StreamingResponse: no task group, one watcher at most."""
+class SSEResponse(Response):
+    """The one SSE writer, on both sides: sends already-framed chunks as they come, and stops pulling them
+    (closing their source) as soon as the client goes away. Lighter than sse-starlette's
+    EventSourceResponse (no task group, no ping task, one disconnect watcher at most): see
+    docs/performance.md. It also carries any other streamed body (`media_type`)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], status_code: int, headers: dict[str, str],
-                 on_close: Callable[[], None], media_type: str = "text/event-stream") -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], status_code: int = 200, headers: Mapping[str, str] | None = None,
+                 on_close: Callable[[], None] | None = None, media_type: str = wire.SSE) -> None:
         self.chunks = chunks
         self.on_close = on_close  # runs however the response ends, even if `chunks` never started
         self.status_code = status_code
         self.media_type = media_type
         self.background = None
-        self.init_headers(headers)
+        self.init_headers({**SSE_HEADERS, **headers} if headers else SSE_HEADERS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -86,7 +89,8 @@ class RelayStream(Response):
         except ClientGone:
             pass
         finally:
-            self.on_close()
+            if self.on_close is not None:
+                self.on_close()
 
     async def _pump(self, send: Send) -> None:
         async with aclosing(self.chunks) as chunks:
@@ -95,42 +99,38 @@ class RelayStream(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+# a proxy in front (nginx) must pass events on at once instead of buffering them
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(wire.dumps(obj), status_code=status, media_type=JSON, headers=headers)
 
 
-def error_response(exc: BaseException) -> Response:
-    headers = exc.headers if isinstance(exc, OpenAIError) else None
-    return Response(error_json(exc), status_code=error_status(exc), media_type=JSON, headers=headers)
+def error_response(exc: OpenAIError) -> Response:
+    return Response(error_json(exc), status_code=exc.status, media_type=JSON, headers=exc.headers)
 
 
-async def _handle(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, HTTPException):
-        if exc.status_code == 404:
-            exc = OpenAIError(f"Unknown request URL: {request.method} {request.url.path}.",
-                              status=404, type="invalid_request_error", code="unknown_url")
-        elif exc.status_code == 405:
-            exc = OpenAIError(f"Method {request.method} is not allowed for {request.url.path}.",
-                              status=405, type="invalid_request_error", code="method_not_allowed",
-                              headers=dict(exc.headers or {}))  # Starlette's `Allow` header
-        else:
-            exc = OpenAIError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
-    elif not isinstance(exc, OpenAIError):
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """Every failure an app meets, as an OpenAI-shaped response; unexpected ones are logged first."""
+    error = to_openai_error(exc, request.method, request.url.path)
+    if not isinstance(exc, (OpenAIError, HTTPException, RequestValidationError)):
         log.error("request %s: unexpected error", request.headers.get("x-request-id", "-"), exc_info=exc)
-    return error_response(exc)
+    return error_response(error)
 
 
-EXCEPTION_HANDLERS = {HTTPException: _handle, OpenAIError: _handle, Exception: _handle}
+EXCEPTION_HANDLERS: dict[Any, Any] = {HTTPException: handle_error, RequestValidationError: handle_error,
+                                      OpenAIError: handle_error, Exception: handle_error}
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class DirectRoutes:
-    """ASGI: a few hot POST endpoints answered without Starlette's middleware stack and route matching
-    (a tenth of the wrapper's CPU per request); everything else, lifespan included, goes to `app`.
-    Failures become OpenAI errors through the same handler as in the app."""
+    """ASGI: a few hot POST endpoints answered without the framework's middleware stack and route
+    matching (a tenth of the wrapper's CPU per request); everything else, lifespan included, goes to
+    `app`. Failures become OpenAI errors through the same handler as in the app."""
 
-    def __init__(self, app: ASGIApp, endpoints: dict[str, Endpoint]) -> None:
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, Endpoint]) -> None:
         self.app = app
         self.endpoints = endpoints
 
@@ -143,20 +143,23 @@ class DirectRoutes:
         try:
             response = await endpoint(request)
         except Exception as exc:
-            response = await _handle(request, exc)
+            response = await handle_error(request, exc)
         await response(scope, receive, send)
 
 
-def openai_app(posts: dict[str, Endpoint], gets: dict[str, Endpoint], lifespan: Any) -> ASGIApp:
-    """The app both servers use: hot POST endpoints served directly, the rest by Starlette, every
-    error (404/405 on unknown routes included) OpenAI-shaped."""
-    app = Starlette(
-        routes=[*(Route(p, e, methods=["POST"]) for p, e in posts.items()),
-                *(Route(p, e, methods=["GET"]) for p, e in gets.items())],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
-    return DirectRoutes(app, posts)
+# How the hot POST endpoints appear in /openapi.json: any JSON object, passed on untouched.
+_JSON_BODY = {"requestBody": {"required": True, "content": {JSON: {"schema": {"type": "object"}}}}}
+
+
+def openai_app(title: str, *, posts: Mapping[str, Endpoint], lifespan: Any) -> tuple[FastAPI, ASGIApp]:
+    """A FastAPI app whose errors (404/405 on unknown routes and validation errors included) are
+    OpenAI-shaped, with `posts` registered for the schema but served by `DirectRoutes` in front of it.
+    Returns the FastAPI app, to add GET routes, dependencies or middleware to, and the ASGI app to serve."""
+    app = FastAPI(title=title, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS,
+                  docs_url=None, redoc_url=None)  # the interactive docs would load from a CDN
+    for path, endpoint in posts.items():
+        app.add_api_route(path, endpoint, methods=["POST"], openapi_extra=_JSON_BODY)
+    return app, DirectRoutes(app, posts)
 
 
 DRAIN_FACTOR = 4  # an oversize body up to this many times the limit is read and dropped, so the

@@ -1,0 +1,12 @@
+"""The worker side: one Generator behind OpenAI's endpoints, registered in Consul.
+
+    app          Worker: the FastAPI app in front of the Generator (auth by the worker secret, checks)
+    answers      the Generator's outputs as OpenAI answers and SSE events
+    concurrency  --max-concurrency: N at once, a bounded queue, 429 past it
+    lifecycle    bind -> own health check -> register -> keep registered -> drain
+    cli          template_worker.py and openai_worker.py
+"""
+from .app import Worker
+from .cli import import_generator, openai_worker, template_worker
+
+__all__ = ["Worker", "import_generator", "openai_worker", "template_worker"]

@@ -1,0 +1,198 @@
+"""The worker's HTTP app: OpenAI endpoints in front of one Generator."""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+from contextlib import aclosing
+from typing import Any, AsyncIterator, Callable
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from common import wire
+from common.errors import InvalidRequest, NotFound, Unauthorized
+from common.http import CLIENT_CLOSED, ClientGone, SSEResponse, json_response, openai_app, read_body, unless_disconnected
+from common.settings import Settings
+from common.wire import Capability
+from generators import Embeddings, Generator, Output, ProxyGenerator
+
+from .answers import Answers
+from .concurrency import ConcurrencyLimit
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "x-worker-secret"
+
+
+class WorkerHealth(BaseModel):
+    status: str
+    models: list[str]
+    served: int  # model calls accepted
+
+
+class Worker:
+    """Holds the Generator and the settings the endpoints need; one per process."""
+
+    def __init__(self, generator: Generator, settings: Settings) -> None:
+        self.generator = generator
+        self.settings = settings
+        self.models: frozenset[str] = frozenset()  # set at start-up: a proxy learns its models then
+        self.served = 0  # model calls accepted, reported by /health
+        self._started = False
+        self.answers = Answers(generator)
+        self.limit = ConcurrencyLimit(settings.worker.max_concurrency, settings.worker.max_queue)
+        self._secret = settings.worker.secret.get_secret_value().encode() if settings.worker.secret else None
+
+    # ---- request checks ----------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if self._secret is None:
+            return
+        given = request.headers.get(SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(given, self._secret):
+            raise Unauthorized("This worker accepts calls only from its wrapper.", code="invalid_worker_secret")
+
+    async def _parse(self, request: Request, capability: Capability) -> tuple[dict[str, Any], str, bytes]:
+        self._authorize(request)
+        raw = await read_body(request, self.settings.limits.max_body_bytes)
+        body = wire.parse_body(raw)
+        model = wire.require_routing_fields(body, capability)
+        wire.check_fields(body, capability, self.settings.limits)
+        if model not in self.models:
+            raise NotFound(f"The model '{model}' does not exist on this worker.", param="model",
+                           code="model_not_found")
+        if not self.generator.supports(capability):
+            raise InvalidRequest(f"The model '{model}' does not support {capability} requests.",
+                                 param="model", code="unsupported_capability")
+        self.served += 1
+        log.debug("request %s: %s %s%s", request.headers.get("x-request-id", "-"), capability, model,
+                 " stream" if wire.is_stream(body) else "")
+        return body, model, raw
+
+    # ---- endpoints ---------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, Capability.CHAT)
+
+    async def completion(self, request: Request) -> Response:
+        return await self._generate(request, Capability.COMPLETION)
+
+    async def _generate(self, request: Request, capability: Capability) -> Response:
+        body, model, raw = await self._parse(request, capability)
+        if isinstance(self.generator, ProxyGenerator):
+            return await self._forward(self.generator, capability, body, raw)
+        if wire.is_stream(body):
+            events = self.answers.events(capability, body, model, request.headers.get("x-request-id", "-"),
+                                         self.limit)
+            # a failure before the first event is still a plain HTTP error
+            return SSEResponse(await _started(events))
+        try:
+            answers = await unless_disconnected(request, self._answers(capability, body))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        return json_response(self.answers.whole(capability, body, model, answers))
+
+    async def _embed(self, body: dict[str, Any], inputs: list[Any]) -> Embeddings:
+        async with self.limit:
+            return await self.generator.embeddings(body, inputs)
+
+    async def _answers(self, capability: Capability, body: dict[str, Any]) -> list[Output]:
+        async with self.limit:
+            return [await self.generator.answer(capability, body) for _ in range(wire.choice_count(body))]
+
+    async def _forward(self, proxy: ProxyGenerator, capability: Capability, body: dict[str, Any],
+                       raw: bytes) -> Response:
+        """A proxy generator answers with its upstream's bytes, relayed as they come."""
+        release = await self.limit.hold()
+        try:
+            forwarded = await proxy.forward(capability, body, raw)
+            chunks = await _started(_then(forwarded.body, release))
+        except BaseException:
+            release()
+            raise
+        if forwarded.content_type.startswith(wire.SSE):
+            return SSEResponse(chunks, forwarded.status, on_close=release)
+        return Response(b"".join([c async for c in chunks]), status_code=forwarded.status,
+                        media_type=forwarded.content_type)
+
+    async def embeddings(self, request: Request) -> Response:
+        body, model, raw = await self._parse(request, Capability.EMBEDDING)
+        if isinstance(self.generator, ProxyGenerator):
+            return await self._forward(self.generator, Capability.EMBEDDING, body, raw)
+        inputs = wire.embedding_inputs(body["input"])
+        try:
+            result = await unless_disconnected(request, self._embed(body, inputs))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        if len(result.vectors) != len(inputs):
+            raise RuntimeError(f"{type(self.generator).__name__}.embed returned {len(result.vectors)} vectors "
+                               f"for {len(inputs)} inputs")
+        tokens = result.usage.prompt_tokens if result.usage else sum(map(self.answers.count, inputs))
+        return json_response(wire.embedding_list(model, result.vectors, body.get("encoding_format") or "float", tokens))
+
+    async def models_list(self, request: Request) -> Response:
+        self._authorize(request)
+        created = wire.now()
+        owner = self.generator.owned_by
+        return json_response(wire.model_list([wire.model_entry(m, created, owner) for m in self.generator.models]))
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok", "models": list(self.generator.models), "served": self.served})
+
+    def app(self) -> ASGIApp:
+        api, asgi = openai_app("openai-api-wrapper worker", lifespan=self._lifespan, posts={
+            wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
+            wire.PATHS[Capability.EMBEDDING]: self.embeddings})
+        api.add_api_route("/v1/models", self.models_list, methods=["GET"], response_model=wire.ModelList)
+        api.add_api_route("/health", self.health, methods=["GET"], response_model=WorkerHealth)
+        return asgi
+
+    async def start(self) -> None:
+        """Start the Generator (a proxy learns its models here) before requests arrive; once."""
+        if not self._started:
+            self._started = True
+            await self.generator.startup()
+            self.models = frozenset(self.generator.models)
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self.generator.shutdown()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: object) -> AsyncIterator[None]:
+        # the entry script starts the Worker before binding; this covers the app served some other way
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+
+async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Run `chunks` up to its first item now, so errors before it surface as plain HTTP errors and
+    its cleanup (a started generator is closed when dropped) is guaranteed, then hand it on."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
+
+    async def rest() -> AsyncIterator[bytes]:
+        async with aclosing(chunks):
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+    return rest()
+
+
+async def _then(chunks: AsyncIterator[bytes], on_close: Callable[[], None]) -> AsyncIterator[bytes]:
+    try:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        on_close()

@@ -1,0 +1,48 @@
+"""Several wrapper processes on one port: the kernel spreads connections over them (SO_REUSEPORT), and
+each keeps its own routing table in step with Consul."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+
+from common.cli import configure_logging, fail
+from common.server import run, serve, shared_port_socket, uvicorn_config
+from common.settings import ConfigError, Settings
+
+from .app import Wrapper
+
+log = logging.getLogger(__name__)
+
+
+def serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, log_level: str | None = None) -> int:
+    """One wrapper process until SIGTERM/SIGINT; returns the exit status."""
+    if log_level is not None:  # a spawned process configures its own logging
+        configure_logging(log_level)
+    try:
+        app = Wrapper(settings).app()
+    except ConfigError as exc:
+        return fail(str(exc))
+    sockets = [shared_port_socket(host, port)] if share_port else None
+    return run(serve(uvicorn_config(app, host, port, drain_seconds=settings.wrapper.drain_seconds), sockets=sockets))
+
+
+def supervise(settings: Settings, host: str, port: int, processes: int, log_level: str) -> int:
+    """Serve from `processes` processes: this one and processes - 1 spawned children, which are stopped
+    (SIGTERM, then waited for up to the drain time) when this one stops."""
+    if processes == 1:
+        return serve_wrapper(settings, host, port, share_port=False)
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=serve_wrapper, args=(settings, host, port, True, log_level), daemon=True)
+                for _ in range(processes - 1)]
+    for child in children:
+        child.start()
+    try:
+        return serve_wrapper(settings, host, port, share_port=True)
+    finally:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(settings.wrapper.drain_seconds + 5)
