@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -73,7 +74,7 @@ class SSEResponse(Response):
     EventSourceResponse (no task group, no ping task, one disconnect watcher at most): see
     docs/performance.md. It also carries any other streamed body (`media_type`)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], status_code: int = 200, headers: Mapping[str, str] | None = None,
+    def __init__(self, chunks: AsyncGenerator[bytes, None], status_code: int = 200, headers: Mapping[str, str] | None = None,
                  on_close: Callable[[], None] | None = None, media_type: str = wire.SSE) -> None:
         self.chunks = chunks
         self.on_close = on_close  # runs however the response ends, even if `chunks` never started

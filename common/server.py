@@ -4,9 +4,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 import uvloop
@@ -50,7 +52,7 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
-def run(main: Awaitable[int]) -> int:
+def run(main: Coroutine[Any, Any, int]) -> int:
     """Run the server's coroutine on uvloop, the event loop uvicorn would pick itself."""
     return uvloop.run(main)
 
@@ -61,7 +63,7 @@ def uvicorn_config(app: Any, host: str, port: int, *, drain_seconds: float = 10.
         access_log=False, log_config=None,
         # longer than the wrapper's pooled keep-alive (30 s): the wrapper closes idle connections first
         timeout_keep_alive=75,
-        timeout_graceful_shutdown=drain_seconds,
+        timeout_graceful_shutdown=math.ceil(drain_seconds),  # uvicorn takes whole seconds
     )
 
 

@@ -5,8 +5,9 @@ Loaded once at start-up by the entry scripts; nothing here runs at import.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml

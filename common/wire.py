@@ -5,8 +5,9 @@ import base64
 import os
 import struct
 import time
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel
@@ -317,7 +318,7 @@ def check_fields(body: dict[str, Any], capability: Capability, limits: LimitSett
         if name in body and not ok(body[name]):
             raise InvalidRequest(message, param=name, code="invalid_value")
     n = body.get("n")
-    if _is_int(n) and n > limits.max_n:
+    if n is not None and _is_int(n) and n > limits.max_n:
         raise InvalidRequest(f"'n' may be at most {limits.max_n}.", param="n", code="invalid_value")
     inputs = body.get("input")
     cap = limits.max_embedding_inputs

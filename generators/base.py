@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import anyio.to_thread
 
@@ -88,7 +89,7 @@ class Embeddings:
 class Generator:
     """Base class for model adapters. See the module docstring for the methods a subclass may implement."""
 
-    models: ClassVar[Sequence[str]] = ()
+    models: Sequence[str] = ()  # the class lists its defaults; an instance holds what it serves
     service_name: ClassVar[str | None] = None  # default: the class name in kebab case
     owned_by: ClassVar[str] = "openai-api-wrapper"
 
@@ -139,7 +140,7 @@ class Generator:
             raise NotImplementedError(f"{type(self).__name__} does not serve {capability}")
         return await _join(_deltas(streaming, request))
 
-    async def stream(self, capability: Capability, request: dict[str, Any]) -> AsyncIterator[Delta]:
+    async def stream(self, capability: Capability, request: dict[str, Any]) -> AsyncGenerator[Delta, None]:
         """Deltas of one answer: the stream method, else the whole answer as one delta. Closing this
         iterator stops the Generator."""
         whole_name, stream_name = _METHODS[capability]
@@ -170,7 +171,7 @@ class Forwarded:
 
     status: int
     content_type: str
-    body: AsyncIterator[bytes]
+    body: AsyncGenerator[bytes, None]
 
 
 class ProxyGenerator(Generator):
@@ -181,7 +182,7 @@ class ProxyGenerator(Generator):
         raise NotImplementedError
 
 
-async def _deltas(streaming: Callable[..., Any], request: dict[str, Any]) -> AsyncIterator[Delta]:
+async def _deltas(streaming: Callable[..., Any], request: dict[str, Any]) -> AsyncGenerator[Delta, None]:
     """The pieces of a plain or async stream method, as Deltas; a blocking iterator is pulled off the loop."""
     if inspect.isasyncgenfunction(streaming):
         source = streaming(request)
@@ -209,7 +210,7 @@ async def _call(fn: Callable[..., Any], request: dict[str, Any]) -> Any:
 _END = object()
 
 
-async def _iterate_in_thread(it: Any) -> AsyncIterator[Any]:
+async def _iterate_in_thread(it: Any) -> AsyncGenerator[Any, None]:
     """Pull a blocking iterator one item at a time off the event loop; stop pulling when closed."""
     try:
         while True:
@@ -244,7 +245,7 @@ def _output_as_delta(out: Output) -> Delta:
     return Delta(content=out.text, tool_calls=calls or None, finish_reason=out.finish_reason, usage=out.usage)
 
 
-async def _join(deltas: AsyncIterator[Delta]) -> Output:
+async def _join(deltas: AsyncGenerator[Delta, None]) -> Output:
     text: list[str] = []
     calls: dict[int, ToolCall] = {}
     out = Output()

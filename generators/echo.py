@@ -7,7 +7,8 @@ import hashlib
 import math
 import re
 import struct
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from common.wire import message_text
 
@@ -53,7 +54,7 @@ class EchoGen(Generator):
                 return message_text(message.get("content"))
         return ""
 
-    async def _words(self, text: str) -> AsyncIterator[str]:
+    async def _words(self, text: str) -> AsyncGenerator[str, None]:
         for piece in words_with_spacing(text):
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -62,14 +63,14 @@ class EchoGen(Generator):
     async def chat(self, request: dict[str, Any]) -> str:
         return self._last_user_text(request)
 
-    async def chat_stream(self, request: dict[str, Any]) -> AsyncIterator[str]:
+    async def chat_stream(self, request: dict[str, Any]) -> AsyncGenerator[str, None]:
         async for piece in self._words(self._last_user_text(request)):
             yield piece
 
     async def completion(self, request: dict[str, Any]) -> str:
         return _prompt_text(request.get("prompt"))
 
-    async def completion_stream(self, request: dict[str, Any]) -> AsyncIterator[str]:
+    async def completion_stream(self, request: dict[str, Any]) -> AsyncGenerator[str, None]:
         async for piece in self._words(_prompt_text(request.get("prompt"))):
             yield piece
 

@@ -16,10 +16,11 @@ import asyncio
 import functools
 import logging
 import threading
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any
 
 from common.errors import InvalidRequest
 from common.wire import message_text
@@ -172,14 +173,14 @@ class HFChatGen(Generator):
 
     # ---- the Generator methods -----------------------------------------------------------------
 
-    async def chat_stream(self, request: dict[str, Any]) -> AsyncIterator[Delta]:
+    async def chat_stream(self, request: dict[str, Any]) -> AsyncGenerator[Delta, None]:
         limit = request.get("max_completion_tokens")
         job = self._job(request, self._render(request), add_special_tokens=False,
                         max_tokens=limit if limit is not None else request.get("max_tokens"))
         async for delta in self._run(job):
             yield delta
 
-    async def completion_stream(self, request: dict[str, Any]) -> AsyncIterator[Delta]:
+    async def completion_stream(self, request: dict[str, Any]) -> AsyncGenerator[Delta, None]:
         job = self._job(request, _one_prompt(request.get("prompt")), add_special_tokens=True,
                         max_tokens=request.get("max_tokens"))
         async for delta in self._run(job):
@@ -210,7 +211,7 @@ class HFChatGen(Generator):
         return Job(prompt=prompt, add_special_tokens=add_special_tokens, max_tokens=max_tokens,
                    sampling=sampling_options(request), stop=stop_list(request.get("stop")), seed=seed)
 
-    async def _run(self, job: Job) -> AsyncIterator[Delta]:
+    async def _run(self, job: Job) -> AsyncGenerator[Delta, None]:
         """Start `job` in the generating thread and yield its text as it comes; closing this stops it."""
         assert self._executor is not None, "startup() was not called"
         loop = asyncio.get_running_loop()

@@ -15,7 +15,8 @@ import argparse
 import logging
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -23,8 +24,8 @@ import orjson
 
 from common.errors import BadGateway, GatewayTimeout, InvalidRequest, OpenAIError, RateLimited, Unavailable
 
-from .base import Generator
 from ._shared import text_inputs
+from .base import Generator
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _pooled(value: Any) -> list[float] | None:
         tokens = [_pooled(t) for t in value]
         if any(t is None for t in tokens):
             return None
-        return [sum(column) / len(tokens) for column in zip(*tokens)]  # type: ignore[misc]
+        return [sum(column) / len(tokens) for column in zip(*tokens, strict=False)]
     return None
 
 

@@ -9,7 +9,8 @@ to the upstream only, and is cut out of any upstream message passed on.
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import httpx
 import orjson
@@ -119,7 +120,7 @@ class OpenAIUpstreamGen(ProxyGenerator):
         return Forwarded(response.status_code, content_type, _body_chunks(response))
 
 
-async def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _body_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in response.aiter_raw():
             yield chunk

@@ -22,7 +22,7 @@ class _SessionTransport(consul.base.HTTPClient):
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=None if self.verify else False, limit=0),
+                connector=aiohttp.TCPConnector(ssl=bool(self.verify), limit=0),
                 # blocking queries wait up to their `wait` (30 s by default) before Consul answers
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout or 5, sock_read=120),
             )

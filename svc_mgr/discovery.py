@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -66,7 +67,7 @@ class Discovery:
             await self._consul.close()
 
     async def _changes(self, query: Callable[[int | None], Awaitable[tuple[str, Any]]],
-                       report_recovery: bool = False) -> AsyncIterator[Any]:
+                       report_recovery: bool = False) -> AsyncGenerator[Any, None]:
         """Each new answer of a Consul blocking query, forever; failures back off and are reported once."""
         index, backoff = 0, 0.2
         while True:

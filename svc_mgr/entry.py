@@ -5,8 +5,9 @@ model it serves (tags have no length cap, unlike meta values, which Consul limit
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 MARKER_TAG = "openai-api-wrapper"
 MODEL_TAG_PREFIX = "model="

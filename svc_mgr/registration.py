@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import aiohttp
 
@@ -61,7 +61,7 @@ class Registration:
                 log.info("registered %s (models: %s) in Consul at %s", self.id, ", ".join(self.models),
                          self.consul_settings.address)
                 return
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 if attempt == self.worker.register_attempts:
                     raise ConsulUnreachable(
                         f"cannot reach Consul at {self.consul_settings.address} after {attempt} attempts "
@@ -89,7 +89,7 @@ class Registration:
                 if not reachable:
                     log.info("Consul at %s is reachable again", self.consul_settings.address)
                 reachable = True
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConsulException) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, ConsulException) as exc:
                 if reachable:
                     log.warning("Consul at %s unreachable (%s); still serving, will retry",
                                 self.consul_settings.address, exc.__class__.__name__)
@@ -101,7 +101,7 @@ class Registration:
         try:
             await asyncio.wait_for(self.consul.agent.service.deregister(self.id), 5)
             log.info("deregistered %s", self.id)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConsulException) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ConsulException) as exc:
             log.warning("could not deregister %s (%s); Consul's health check will remove it", self.id, exc)
 
     async def close(self) -> None:

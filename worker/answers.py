@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager, aclosing
-from typing import Any, AsyncIterator
+from typing import Any
 
 from common import wire
 from common.wire import Capability
@@ -46,7 +47,7 @@ class Answers:
         return wire.text_completion(wire.new_id("cmpl"), wire.now(), model, choices, usage)
 
     async def events(self, capability: Capability, body: dict[str, Any], model: str, request_id: str,
-                     slot: AbstractAsyncContextManager[Any]) -> AsyncIterator[bytes]:
+                     slot: AbstractAsyncContextManager[Any]) -> AsyncGenerator[bytes, None]:
         """SSE events for a whole stream: one id, exactly one finish_reason per choice, [DONE] last.
         `slot` (the worker's concurrency slot) is held by the stream itself, so it is freed however the
         stream ends."""
@@ -71,7 +72,7 @@ class Answers:
             yield wire.sse_error_event(exc)
 
     async def _choice_events(self, shape: _StreamShape, index: int, capability: Capability, body: dict[str, Any],
-                             outs: list[Output]) -> AsyncIterator[bytes]:
+                             outs: list[Output]) -> AsyncGenerator[bytes, None]:
         out = Output()
         text: list[str] = []
         first = True

@@ -4,8 +4,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -14,7 +15,15 @@ from starlette.types import ASGIApp
 
 from common import wire
 from common.errors import InvalidRequest, NotFound, Unauthorized
-from common.http import CLIENT_CLOSED, ClientGone, SSEResponse, json_response, openai_app, read_body, unless_disconnected
+from common.http import (
+    CLIENT_CLOSED,
+    ClientGone,
+    SSEResponse,
+    json_response,
+    openai_app,
+    read_body,
+    unless_disconnected,
+)
 from common.settings import Settings
 from common.wire import Capability
 from generators import Embeddings, Generator, Output, ProxyGenerator
@@ -163,7 +172,7 @@ class Worker:
             await self.generator.shutdown()
 
     @contextlib.asynccontextmanager
-    async def _lifespan(self, app: object) -> AsyncIterator[None]:
+    async def _lifespan(self, app: object) -> AsyncGenerator[None, None]:
         # the entry script starts the Worker before binding; this covers the app served some other way
         await self.start()
         try:
@@ -172,7 +181,7 @@ class Worker:
             await self.stop()
 
 
-async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _started(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """Run `chunks` up to its first item now, so errors before it surface as plain HTTP errors and
     its cleanup (a started generator is closed when dropped) is guaranteed, then hand it on."""
     try:
@@ -180,7 +189,7 @@ async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except StopAsyncIteration:
         first = b""
 
-    async def rest() -> AsyncIterator[bytes]:
+    async def rest() -> AsyncGenerator[bytes, None]:
         async with aclosing(chunks):
             yield first
             async for chunk in chunks:
@@ -189,7 +198,7 @@ async def _started(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return rest()
 
 
-async def _then(chunks: AsyncIterator[bytes], on_close: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _then(chunks: AsyncGenerator[bytes, None], on_close: Callable[[], None]) -> AsyncGenerator[bytes, None]:
     try:
         async with aclosing(chunks):
             async for chunk in chunks:

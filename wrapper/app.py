@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -14,7 +14,16 @@ from starlette.types import ASGIApp
 
 from common import wire
 from common.errors import model_not_found
-from common.http import CLIENT_CLOSED, JSON, ClientGone, SSEResponse, json_response, openai_app, read_body, unless_disconnected
+from common.http import (
+    CLIENT_CLOSED,
+    JSON,
+    ClientGone,
+    SSEResponse,
+    json_response,
+    openai_app,
+    read_body,
+    unless_disconnected,
+)
 from common.settings import Settings, load_api_keys, secret
 from common.wire import Capability
 from svc_mgr import POLICIES, Discovery, RoutingTable
@@ -102,7 +111,7 @@ class Wrapper:
                               "consul": "down" if self.discovery.outage.down else "up"})
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, app: object) -> AsyncIterator[None]:
+    async def lifespan(self, app: object) -> AsyncGenerator[None, None]:
         if self.keys.open:
             log.warning("no API keys configured: the wrapper accepts every caller (set wrapper.api_keys)")
         await self.hop.start()

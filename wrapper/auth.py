@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Sequence
+from collections.abc import Sequence
 
 from common.errors import Unauthorized
 from common.settings import ApiKey

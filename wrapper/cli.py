@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from common.cli import base_parser, fail, setup
 from common.settings import ConfigError

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 
@@ -174,7 +174,7 @@ class Hop:
         finally:
             attempt.close()
 
-    async def stream(self, attempt: Attempt) -> AsyncIterator[bytes]:
+    async def stream(self, attempt: Attempt) -> AsyncGenerator[bytes, None]:
         """Relay an SSE body chunk by chunk as it arrives. If the worker fails or stalls mid-stream, end
         with one OpenAI error event and no [DONE], so the client can tell the answer is truncated."""
         assert attempt.response is not None
