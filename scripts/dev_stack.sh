@@ -5,6 +5,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 "$root/scripts/setup.sh"
+py="$root/.venv/bin/python"
 consul_bin="$("$root/scripts/install_consul.sh")"
 consul_port="${CONSUL_PORT:-8500}"
 worker_port="${WORKER_PORT:-9001}"
@@ -36,9 +37,9 @@ wait_for() {  # URL, what
 pids+=($!)
 wait_for "http://127.0.0.1:$consul_port/v1/status/leader" "Consul"
 
-python3 template_worker.py 127.0.0.1 "$worker_port" generators.echo.EchoGen >"$logs/worker.log" 2>&1 &
+"$py" template_worker.py 127.0.0.1 "$worker_port" generators.echo.EchoGen >"$logs/worker.log" 2>&1 &
 pids+=($!)
-python3 main_openai_wrapper_v2.py 127.0.0.1 "$wrapper_port" >"$logs/wrapper.log" 2>&1 &
+"$py" main_openai_wrapper_v2.py 127.0.0.1 "$wrapper_port" >"$logs/wrapper.log" 2>&1 &
 pids+=($!)
 wait_for "http://127.0.0.1:$wrapper_port/health" "the wrapper"
 for _ in $(seq 1 50); do
@@ -58,7 +59,7 @@ Try it:
   curl -s $base/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "echo", "messages": [{"role": "user", "content": "Hello, gateway"}]}'
 
-  python3 -c 'from openai import OpenAI; c = OpenAI(base_url="$base", api_key="none"); print(c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "Hello, gateway"}]).choices[0].message.content)'
+  .venv/bin/python -c 'from openai import OpenAI; c = OpenAI(base_url="$base", api_key="none"); print(c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "Hello, gateway"}]).choices[0].message.content)'
 
 Press Ctrl-C to stop.
 EOT

