@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-from stack import BENCH, cpu_seconds, machine_busy_seconds
+from .stack import BENCH, cpu_seconds, machine_busy_seconds
 
 WRK_SCRIPT = BENCH / "wrk_post.lua"
 
@@ -70,11 +70,11 @@ def run_load(url: str, body_path: str | None, concurrency: int, duration: float,
                 if pid:
                     status = status_
                     break
-                if tool == "wrk" and max_requests and not interrupted:
-                    # pread: the child shares this file's offset, so never move it while wrk writes
-                    if b"BENCH_STOPPED" in os.pread(out.fileno(), 1 << 16, 0):
-                        os.kill(proc.pid, signal.SIGINT)  # wrk then joins its thread and prints the summary
-                        interrupted = True
+                # pread: the child shares this file's offset, so never move it while wrk writes
+                if (tool == "wrk" and max_requests and not interrupted
+                        and b"BENCH_STOPPED" in os.pread(out.fileno(), 1 << 16, 0)):
+                    os.kill(proc.pid, signal.SIGINT)  # wrk then joins its thread and prints the summary
+                    interrupted = True
                 if time.monotonic() > deadline:
                     os.killpg(proc.pid, 9)
                     raise TimeoutError(f"load generator did not finish: {' '.join(argv)}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "starlette-min"]
 COLORS = {"direct": "#4c72b0", "nginx": "#55a868", "wrapper": "#c44e52", "litellm": "#8172b2",
@@ -28,7 +28,7 @@ def main(src: Path, dst: Path) -> None:
     base = js.get("direct", {}).get("16", {}).get("rps")
     vals = [js[p].get("16", {}).get("rps", 0) for p in paths]
     bars = ax.bar(paths, vals, color=[COLORS[p] for p in paths])
-    for b, v in zip(bars, vals):
+    for b, v in zip(bars, vals, strict=True):
         ax.annotate(f"{v:,.0f}" + (f"\n{v / base:.2f}×" if base else ""), (b.get_x() + b.get_width() / 2, v),
                     ha="center", va="bottom", fontsize=8)
     ax.tick_params(axis="x", labelrotation=25, labelsize=8)

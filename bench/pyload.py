@@ -10,12 +10,13 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
 
 async def main(url: str, body_path: str, concurrency: int, duration: float, max_requests: int, auth: str) -> dict:
-    body = None if body_path == "-" else open(body_path, "rb").read()
+    body = None if body_path == "-" else Path(body_path).read_bytes()
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if auth:
         headers["Authorization"] = f"Bearer {auth}"
@@ -41,7 +42,7 @@ async def main(url: str, body_path: str, concurrency: int, duration: float, max_
                     nbytes += len(data)
                     if resp.status >= 400:
                         errors["status"] += 1
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 errors["timeout"] += 1
                 continue
             except aiohttp.ClientConnectionError:

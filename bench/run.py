@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The benchmark of issue #5, in one command:
 
-    python3 bench/run.py            # full run (≈ 8 min): installs its peers, writes bench/results/
-    python3 bench/run.py --quick    # a small run (≈ 1 min), what tests/test_bench_smoke.py runs
+    python3 -m bench.run            # full run (≈ 8 min): installs its peers, writes bench/results/
+    python3 -m bench.run --quick    # a small run (≈ 1 min), what tests/e2e/test_bench_smoke.py runs
+
+from the repository root (bench/ is a package and imports tests.support.procs).
 
 It installs what it needs (the project's requirements and Consul via scripts/setup.sh; wrk and nginx from
 Debian with apt-get; LiteLLM's proxy, matplotlib and py-spy from requirements-bench.txt into .venv-bench/,
@@ -35,9 +37,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from stack import BENCH, BENCH_VENV, ROOT, Stack, consul_put, machine, rss_mib  # noqa: E402
+from .stack import BENCH, BENCH_VENV, ROOT, Stack, consul_put, machine, rss_mib
 
 REQS_BENCH = ROOT / "requirements-bench.txt"
 FAKE_NODE = "bench-fake-node"
@@ -159,7 +159,7 @@ class Bench:
         self.work = work
         self.results: dict = {"notes": [], "json": {}, "stream": {}, "scale": []}
         self.bodies: dict[str, Path] = {}
-        from load import have_wrk
+        from .load import have_wrk
         self.tool = args.loadgen if args.loadgen != "auto" else ("wrk" if have_wrk() else "python")
         if self.tool == "python":
             self.results["notes"].append("wrk not found: the load generator is bench/pyload.py (Python), which "
@@ -172,7 +172,7 @@ class Bench:
         return str(path)
 
     def load(self, url: str, body: str | None, c: int, duration: float, watch: dict[str, int], **kw):
-        from load import run_load
+        from .load import run_load
         return run_load(url, body, c, duration, tool=self.tool, watch=watch, ours=self.stack.pids(), **kw)
 
     # -- start everything
@@ -212,7 +212,7 @@ class Bench:
                 self.paths["wrapper-2proc"] = BenchPath(w2.url, {"proxy": w2.pid, "worker": w}, chat)
             else:
                 self.results["notes"].append("this wrapper has no --processes option: no 2-process row.")
-        for name, p in self.paths.items():
+        for p in self.paths.values():
             check_chat(p.url + "/v1/chat/completions", Path(p.body).read_bytes(), SHORT_TEXT,
                        {"Authorization": f"Bearer {p.auth}"} if p.auth else None)
         log(f"all paths answer: {', '.join(self.paths)}; load generator: {self.tool}")
@@ -220,7 +220,7 @@ class Bench:
 
     def idle_cpu(self, seconds: float) -> dict[str, float]:
         """CPU each of our processes uses with no load (background tasks), and the rest of the machine."""
-        from stack import cpu_seconds, machine_busy_seconds
+        from .stack import cpu_seconds, machine_busy_seconds
         pids = {p.name: p.pid for p in self.stack.procs.started if p.alive()}
         before = {n: cpu_seconds(pid) for n, pid in pids.items()}
         busy = machine_busy_seconds()
@@ -255,7 +255,7 @@ class Bench:
 
     # -- 2. streaming
     def stream_phase(self) -> None:
-        from stream_client import measure
+        from .stream_client import measure
         a = self.args
         body = chat_body("echo", LONG_TEXT, stream=True)
         body_path = self.body_file("stream", body)
@@ -291,7 +291,7 @@ class Bench:
     @contextlib.contextmanager
     def spy(self, name: str):
         """py-spy records the wrapper while the block runs; yields a dict that gets the summary after."""
-        from profile_summary import render, summarize
+        from .profile_summary import render, summarize
         exe = py_spy()
         holder: dict = {}
         if exe is None or self.args.no_profile:
@@ -443,7 +443,7 @@ async def _time_until_routable(addr: str, ops: list, url: str, timeout: float) -
 
 
 def write_outputs(results: dict, out: Path) -> str:
-    from report import markdown
+    from .report import markdown
     (out / "results.json").write_text(json.dumps(results, indent=1))
     md = markdown(results)
     png = out / "bench.png"
@@ -477,7 +477,8 @@ def code_version() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a small run (~1 min): short durations, 1 and 100 instances")
     p.add_argument("--no-install", action="store_true", help="install nothing; use what is there")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx path")

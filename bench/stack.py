@@ -1,6 +1,6 @@
 """The processes a benchmark run starts, all on free loopback ports, and how to watch their CPU and memory.
 
-Reuses tests/procs.py (the test suite's Consul dev agent and process helpers). Every process is started
+Reuses tests/support/procs.py (the test suite's Consul dev agent and process helpers). Every process is started
 in its own session (so its group can be killed) and stopped by `Stack.stop_all()`, whatever happened.
 """
 from __future__ import annotations
@@ -16,11 +16,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.procs import Consul, Proc, Procs, free_port, get_json, python_script, wait_until
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from procs import Consul, Proc, Procs, free_port, get_json, python_script, wait_until  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -73,7 +73,7 @@ async def _measure(url: str, body: bytes, streams: int, headers: dict, max_secon
                 break
             try:
                 first, events, total, single, most = await _one(session, url, body, headers)
-            except (RuntimeError, aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, RuntimeError, aiohttp.ClientError):
                 errors += 1
                 continue
             ttfc.append(first)

@@ -79,13 +79,18 @@ class EchoGen(Generator):
 
 
 def _as_text(item: Any) -> str:
-    """Text as is; a token array (EchoGen has no tokenizer) as its numbers."""
-    return item if isinstance(item, str) else " ".join(map(str, item))
+    """Text as is; a token (EchoGen has no tokenizer) or a token array as its numbers. A token may come
+    as 2.0 or as a float too large for 64 bits: the spec counts both as integers."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, list):
+        return " ".join(map(str, item))
+    return str(item)
 
 
 def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+    if isinstance(prompt, list) and prompt and not any(isinstance(p, (str, list)) for p in prompt):
         return _as_text(prompt)
     return "".join(_as_text(p) for p in prompt) if isinstance(prompt, list) else ""

@@ -1,20 +1,22 @@
+"""Fixtures and hooks only; helpers are in tests/support/."""
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import jsonschema
-import openai
 import pytest
 
-from procs import ROOT, Consul, Proc, Procs, free_port, get_json, python_script, wait_until
+from tests.support.procs import Consul, Procs
+from tests.support.schemas import Schemas
+from tests.support.servers import Server, start_wrapper
 
-SPEC_DIR = Path(os.environ.get("OPENAI_SPEC_DIR", ROOT.parent / "shared" / "openai-spec"))
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/e2e/ starts real processes: mark it `e2e` (select with -m e2e / -m "not e2e")."""
+    for item in items:
+        if Path(item.path).resolve().is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -50,65 +52,6 @@ def procs(request):
     procs.stop_all()
 
 
-@dataclass
-class Server:
-    proc: Proc
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
-
-def start_worker(procs: Procs, consul: Consul, generator: str = "generators.echo.EchoGen", *args: str,
-                 env: dict[str, str] | None = None, script: str = "template_worker.py", wait: bool = True,
-                 register_timeout: float = 20) -> Server:
-    port = free_port()
-    argv = [generator] if script == "template_worker.py" else []
-    proc = procs.start(f"worker-{port}", python_script(script, "127.0.0.1", str(port), *argv, *args),
-                       env={"CONSUL_HTTP_ADDR": consul.addr, **(env or {})})
-    server = Server(proc, port)
-    if wait:
-        wait_until(lambda: f"-127.0.0.1-{port}" in " ".join(consul.services()), register_timeout,
-                   f"worker on {port} to register\n{proc.output()}")
-    return server
-
-
-def start_model_worker(procs: Procs, consul: Consul, generator: str, *args: str) -> Server:
-    """A worker hosting a local model: offline, and given time to load it."""
-    return start_worker(procs, consul, generator, *args, env={"HF_HUB_OFFLINE": "1"}, register_timeout=180)
-
-
-def start_wrapper(procs: Procs, consul: Consul, *args: str, env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    proc = procs.start(f"wrapper-{port}", python_script("main_openai_wrapper_v2.py", "127.0.0.1", str(port), *args),
-                       env={"CONSUL_HTTP_ADDR": consul.addr, **(env or {})})
-    server = Server(proc, port)
-    wait_until(lambda: get_json(server.url + "/health")[0] == 200, 20, f"wrapper on {port}\n{proc.output()}")
-    return server
-
-
-def routable(wrapper: Server, model: str, headers: dict[str, str] | None = None) -> bool:
-    status, body = get_json(wrapper.base_url + "/models", headers)
-    return status == 200 and model in {m["id"] for m in body["data"]}
-
-
-@contextlib.contextmanager
-def sdk_client(wrapper: Server, model: str, timeout: float = 60) -> Iterator[openai.OpenAI]:
-    """The real openai SDK pointed at the wrapper, once `model` is routable there."""
-    wait_until(lambda: routable(wrapper, model), 10, f"{model} to be routable")
-    with openai.OpenAI(base_url=wrapper.base_url, api_key="unused", max_retries=0, timeout=timeout) as client:
-        yield client
-
-
-def unique_model(prefix: str = "echo") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 @pytest.fixture(scope="module")
 def module_procs():
     procs = Procs()
@@ -121,21 +64,6 @@ def wrapper(module_procs, consul) -> Server:
     return start_wrapper(module_procs, consul)
 
 
-class Schemas:
-    def __init__(self, directory: Path) -> None:
-        if not directory.is_dir():
-            raise FileNotFoundError(f"OpenAI schemas not found at {directory}; set OPENAI_SPEC_DIR")
-        self.directory = directory
-        self._cache: dict[str, jsonschema.protocols.Validator] = {}
-
-    def validate(self, name: str, instance: dict) -> None:
-        if name not in self._cache:
-            schema = json.loads((self.directory / f"{name}.schema.json").read_text())
-            cls = jsonschema.validators.validator_for(schema)
-            self._cache[name] = cls(schema)
-        self._cache[name].validate(instance)
-
-
 @pytest.fixture(scope="session")
 def schemas() -> Schemas:
-    return Schemas(SPEC_DIR / "schemas")
+    return Schemas()

@@ -1,4 +1,4 @@
-"""Real processes for the tests: a Consul dev agent, workers and wrappers on free loopback ports."""
+"""Real processes for the tests: a Consul dev agent and child processes on free loopback ports, with their logs."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 def free_port() -> int:
@@ -63,7 +63,7 @@ class Proc:
 
     def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)  # noqa: SIM115 (closed in stop())
         self.popen = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                       env={**os.environ, **(env or {})}, start_new_session=True)
 

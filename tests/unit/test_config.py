@@ -1,12 +1,10 @@
 """env.yaml loading: defaults, the standard environment overrides, and errors that name key and file."""
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from common.settings import ConfigError, load_settings, secret
-from procs import ROOT, python_script
+from tests.support.procs import ROOT
 
 
 def write(tmp_path, text):
@@ -60,15 +58,6 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_settings(tmp_path / "absent.yaml", environ={})
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(write(tmp_path, "consul: [\n"), environ={})
-
-
-def test_a_config_mistake_stops_the_wrapper_with_one_line(tmp_path):
-    path = write(tmp_path, "wrapper:\n  max_attempts: many\n")
-    out = subprocess.run(python_script("main_openai_wrapper_v2.py", "127.0.0.1", "1", "--config", str(path)),
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
-    assert "wrapper.max_attempts" in out.stderr and str(path) in out.stderr
-    assert "Traceback" not in out.stderr
 
 
 def test_consul_client_uses_the_address_as_consul_parses_it(tmp_path, monkeypatch):

@@ -8,9 +8,9 @@ import httpx
 import openai
 import pytest
 
-import tiny_chat_model
-from conftest import sdk_client, start_model_worker, unique_model
-from procs import wait_until
+from tests.support import tiny_chat_model
+from tests.support.procs import wait_until
+from tests.support.servers import sdk_client, start_model_worker, unique_model
 
 MODEL = unique_model("tiny-llama")
 MESSAGES = [{"role": "system", "content": "w001 w002"}, {"role": "user", "content": "w010 w011 w012"}]

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from conftest import sdk_client, start_worker, unique_model
+from tests.support.servers import sdk_client, start_worker, unique_model
 
 MODEL = unique_model("tools")
 TOOLS = [
@@ -29,7 +29,7 @@ MESSAGES = [{"role": "user", "content": "weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def client(module_procs, consul, wrapper):
-    start_worker(module_procs, consul, "tests.generators_for_tests.ToolCallerGen", "--models", MODEL)
+    start_worker(module_procs, consul, "tests.support.generators_for_tests.ToolCallerGen", "--models", MODEL)
     with sdk_client(wrapper, MODEL) as c:
         yield c
 

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import routable, start_worker, start_wrapper, unique_model
-from procs import ROOT, free_port, get_json, post, python_script, wait_until
+from tests.support.procs import ROOT, free_port, get_json, post, python_script, wait_until
+from tests.support.servers import routable, start_worker, start_wrapper, unique_model
 
 
 def chat(wrapper, model, text="hi"):

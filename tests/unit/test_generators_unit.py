@@ -8,8 +8,8 @@ import pytest
 
 from generators import Delta, Output, ToolCallDelta
 from generators.echo import EchoGen, unit_vector, words_with_spacing
-from tests_support import collect
-from generators_for_tests import ChatOnlyGen, SyncStreamGen
+from tests.support.aio import collect
+from tests.support.generators_for_tests import ChatOnlyGen, SyncStreamGen
 
 
 def run(coro):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from conftest import routable, start_worker, unique_model
-from procs import ROOT, wait_until
+from tests.support.procs import ROOT, wait_until
+from tests.support.servers import routable, start_worker, unique_model
 
 VENV = ROOT / ".venv-legacy-openai"
 
@@ -26,7 +26,7 @@ def test_openai_028_chat_and_stream(legacy_python, module_procs, consul, wrapper
     model = unique_model()
     start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", model)
     wait_until(lambda: routable(wrapper, model), 5, "routable")
-    out = subprocess.run([legacy_python, str(ROOT / "tests" / "legacy_client.py"), wrapper.base_url, model],
+    out = subprocess.run([legacy_python, str(ROOT / "tests" / "support" / "legacy_client.py"), wrapper.base_url, model],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

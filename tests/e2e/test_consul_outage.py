@@ -5,8 +5,8 @@ import time
 
 import httpx
 
-from conftest import routable, start_worker, start_wrapper, unique_model
-from procs import Consul, wait_until
+from tests.support.procs import Consul, wait_until
+from tests.support.servers import routable, start_worker, start_wrapper, unique_model
 
 OUTAGE_SECONDS = 30
 

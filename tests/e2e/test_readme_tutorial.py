@@ -5,8 +5,8 @@ import re
 
 import openai
 
-from conftest import routable, start_worker
-from procs import ROOT, wait_until
+from tests.support.procs import ROOT, wait_until
+from tests.support.servers import routable, start_worker
 
 
 def test_readme_tutorial_generator(procs, consul, wrapper, tmp_path):

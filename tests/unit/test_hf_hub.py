@@ -13,10 +13,10 @@ import pytest
 import respx
 from starlette.testclient import TestClient
 
-from common.settings import Settings
 from common.errors import OpenAIError
-from worker.app import Worker
+from common.settings import Settings
 from generators.huggingface_hub import DEFAULT_API_BASE, HfHubGen
+from worker.app import Worker
 
 TOKEN = "hf_secret_token_123"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import routable, start_worker, start_wrapper, unique_model
-from procs import Consul, get_json, post, wait_until
+from tests.support.procs import Consul, get_json, post, wait_until
+from tests.support.servers import routable, start_worker, start_wrapper, unique_model
 
 TEAM_KEY = "sk-team-a-0123456789"
 ADMIN_KEY = "sk-admin-9876543210"

@@ -6,8 +6,8 @@ import json
 import httpx
 import pytest
 
-from conftest import routable, start_worker, unique_model
-from procs import post, wait_until
+from tests.support.procs import post, wait_until
+from tests.support.servers import routable, start_worker, unique_model
 
 MODEL = unique_model()
 
@@ -93,7 +93,7 @@ def test_too_many_embedding_inputs_is_400(url, schemas):
 
 def test_capability_the_generator_lacks_is_400(module_procs, consul, wrapper, schemas):
     model = unique_model("chat-only")
-    start_worker(module_procs, consul, "tests.generators_for_tests.ChatOnlyGen", "--models", model)
+    start_worker(module_procs, consul, "tests.support.generators_for_tests.ChatOnlyGen", "--models", model)
     wait_until(lambda: routable(wrapper, model), 5, "routable")
     status, _, body = post(wrapper.base_url + "/embeddings", {"model": model, "input": "x"})
     assert status == 400
@@ -103,7 +103,7 @@ def test_capability_the_generator_lacks_is_400(module_procs, consul, wrapper, sc
 
 def test_generator_crash_is_a_clean_500_without_details(module_procs, consul, wrapper, schemas):
     model = unique_model("broken")
-    start_worker(module_procs, consul, "tests.generators_for_tests.BrokenGen", "--models", model)
+    start_worker(module_procs, consul, "tests.support.generators_for_tests.BrokenGen", "--models", model)
     wait_until(lambda: routable(wrapper, model), 5, "routable")
     status, _, body = post(wrapper.base_url + "/chat/completions",
                            {"model": model, "messages": [{"role": "user", "content": "x"}]})

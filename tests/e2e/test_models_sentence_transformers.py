@@ -7,7 +7,7 @@ import math
 import openai
 import pytest
 
-from conftest import sdk_client, start_model_worker, unique_model
+from tests.support.servers import sdk_client, start_model_worker, unique_model
 
 MODEL = unique_model("minilm")
 
@@ -38,7 +38,7 @@ def embed(client, texts, **kwargs):
 
 
 def cosine(a, b):
-    return sum(x * y for x, y in zip(a, b)) / (math.hypot(*a) * math.hypot(*b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / (math.hypot(*a) * math.hypot(*b))
 
 
 def test_vectors_have_384_dimensions_and_unit_norm(client):
@@ -60,7 +60,7 @@ def test_a_batch_equals_one_by_one(client):
     texts = ["short", "a somewhat longer sentence with more words in it", "a third, different one"]
     batch = embed(client, texts)
     singles = [embed(client, [t])[0] for t in texts]
-    for b, s in zip(batch, singles):
+    for b, s in zip(batch, singles, strict=True):
         assert b == pytest.approx(s, abs=1e-5)
     assert batch[0] != pytest.approx(batch[1], abs=1e-3)
 

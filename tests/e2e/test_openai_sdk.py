@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import sdk_client, start_worker, unique_model
+from tests.support.servers import sdk_client, start_worker, unique_model
 
 MODEL = unique_model()
 

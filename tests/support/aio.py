@@ -1,6 +1,8 @@
+"""Small asyncio helpers for in-process tests."""
 from __future__ import annotations
 
-from typing import AsyncIterator, TypeVar
+from collections.abc import AsyncIterator
+from typing import TypeVar
 
 T = TypeVar("T")
 

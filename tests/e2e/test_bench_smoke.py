@@ -1,4 +1,4 @@
-"""The benchmark harness (bench/run.py) runs end to end: a tiny --quick run against the worker directly
+"""The benchmark harness (`python -m bench.run`) runs end to end: a tiny --quick run against the worker directly
 and through the wrapper, with its own Consul agent and processes on free ports. No timed assertions:
 it checks that the run finishes, stops what it started, and writes a results table with numbers."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from procs import ROOT
+from tests.support.procs import ROOT
 
 
 def test_bench_quick_run_writes_a_table_with_numbers(tmp_path):
     out = tmp_path / "results"
-    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--no-install", "--no-nginx", "--no-litellm",
+    argv = [sys.executable, "-m", "bench.run", "--quick", "--no-install", "--no-nginx", "--no-litellm",
             "--no-profile", "--no-variants", "--memory-requests", "300", "--scale", "1,10", "--out", str(out)]
     harness = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -23,8 +23,8 @@ def test_bench_quick_run_writes_a_table_with_numbers(tmp_path):
     except subprocess.TimeoutExpired:
         harness.send_signal(signal.SIGTERM)  # the harness stops everything it started, then exits
         stdout, stderr = harness.communicate(timeout=60)
-        raise AssertionError(f"bench/run.py --quick did not finish in 600 s\n{stderr[-6000:]}")
-    assert harness.returncode == 0, f"bench/run.py failed\n{stderr[-6000:]}\n{stdout[-3000:]}"
+        raise AssertionError(f"bench.run --quick did not finish in 600 s\n{stderr[-6000:]}") from None
+    assert harness.returncode == 0, f"bench.run failed\n{stderr[-6000:]}\n{stdout[-3000:]}"
 
     table = (out / "results.md").read_text()
     assert table.strip() in stdout  # the table is printed too

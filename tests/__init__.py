@@ -1,0 +1,1 @@
+"""The test suite: `unit/` runs in process, `e2e/` starts real processes; helpers live in `support/`."""

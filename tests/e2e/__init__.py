@@ -1,0 +1,1 @@
+"""Tests with real processes: a Consul dev agent, workers and wrappers on free loopback ports (marked `e2e`)."""

@@ -1,0 +1,70 @@
+"""Workers and wrappers as real processes, registered in a test's Consul agent, and ways to reach them."""
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import openai
+
+from tests.support.procs import Consul, Proc, Procs, free_port, get_json, python_script, wait_until
+
+
+@dataclass
+class Server:
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+
+def start_worker(procs: Procs, consul: Consul, generator: str = "generators.echo.EchoGen", *args: str,
+                 env: dict[str, str] | None = None, script: str = "template_worker.py", wait: bool = True,
+                 register_timeout: float = 20) -> Server:
+    port = free_port()
+    argv = [generator] if script == "template_worker.py" else []
+    proc = procs.start(f"worker-{port}", python_script(script, "127.0.0.1", str(port), *argv, *args),
+                       env={"CONSUL_HTTP_ADDR": consul.addr, **(env or {})})
+    server = Server(proc, port)
+    if wait:
+        wait_until(lambda: f"-127.0.0.1-{port}" in " ".join(consul.services()), register_timeout,
+                   f"worker on {port} to register\n{proc.output()}")
+    return server
+
+
+def start_model_worker(procs: Procs, consul: Consul, generator: str, *args: str) -> Server:
+    """A worker hosting a local model: offline, and given time to load it."""
+    return start_worker(procs, consul, generator, *args, env={"HF_HUB_OFFLINE": "1"}, register_timeout=180)
+
+
+def start_wrapper(procs: Procs, consul: Consul, *args: str, env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    proc = procs.start(f"wrapper-{port}", python_script("main_openai_wrapper_v2.py", "127.0.0.1", str(port), *args),
+                       env={"CONSUL_HTTP_ADDR": consul.addr, **(env or {})})
+    server = Server(proc, port)
+    wait_until(lambda: get_json(server.url + "/health")[0] == 200, 20, f"wrapper on {port}\n{proc.output()}")
+    return server
+
+
+def routable(wrapper: Server, model: str, headers: dict[str, str] | None = None) -> bool:
+    status, body = get_json(wrapper.base_url + "/models", headers)
+    return status == 200 and model in {m["id"] for m in body["data"]}
+
+
+@contextlib.contextmanager
+def sdk_client(wrapper: Server, model: str, timeout: float = 60) -> Iterator[openai.OpenAI]:
+    """The real openai SDK pointed at the wrapper, once `model` is routable there."""
+    wait_until(lambda: routable(wrapper, model), 10, f"{model} to be routable")
+    with openai.OpenAI(base_url=wrapper.base_url, api_key="unused", max_retries=0, timeout=timeout) as client:
+        yield client
+
+
+def unique_model(prefix: str = "echo") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
