@@ -167,11 +167,12 @@ class Generator:
 
 @dataclass
 class Forwarded:
-    """An upstream's answer, to relay as it is."""
+    """An upstream's answer, to relay as it is: a whole body (JSON), read before anything is sent so that a
+    failure while reading it is still a plain HTTP error, or a stream's chunks as they arrive."""
 
     status: int
     content_type: str
-    body: AsyncGenerator[bytes, None]
+    body: bytes | AsyncGenerator[bytes, None]
 
 
 class ProxyGenerator(Generator):

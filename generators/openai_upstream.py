@@ -1,10 +1,12 @@
 """OpenAIUpstreamGen: relays to any OpenAI-compatible API (OpenAI, vLLM, Ollama, llama.cpp's server...).
 
-It answers with the upstream's own bytes (JSON or SSE, untouched), so every field the upstream
-returns reaches the client. Requests pass through unchanged but for `model`, which an alias may map.
-Its models are `--models` (NAME or PUBLIC=UPSTREAM), or else the upstream's own `GET /models` list,
-read at start-up. Upstream errors keep their meaning (see `_raise_for_upstream`); the API key is sent
-to the upstream only, and is cut out of any upstream message passed on.
+It answers with the upstream's own bytes (JSON or SSE), decoded from any gzip/deflate the upstream
+compressed them with but otherwise untouched, so every field the upstream returns reaches the client.
+A JSON answer is read whole before it is relayed, a stream chunk by chunk as it arrives. Requests pass
+through unchanged but for `model`, which an alias may map. Its models are `--models` (NAME or
+PUBLIC=UPSTREAM), or else the upstream's own `GET /models` list, read at start-up. Upstream errors keep
+their meaning (see `_raise_for_upstream`); the API key is sent to the upstream only, and is cut out of
+every field of an upstream error passed on.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import orjson
 
 from common.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited
 from common.settings import UpstreamSettings, secret
-from common.wire import Capability, sse_error_event
+from common.wire import SSE, Capability, sse_error_event
 
 from .base import Forwarded, ProxyGenerator
 
@@ -80,7 +82,7 @@ class OpenAIUpstreamGen(ProxyGenerator):
             raise ValueError(f"cannot list the models of {where}: {exc.message} Pass --models to skip this.") from None
         try:
             entries = orjson.loads(await response.aread()).get("data")
-        except (orjson.JSONDecodeError, AttributeError, httpx.TransportError):
+        except (orjson.JSONDecodeError, AttributeError, httpx.RequestError):
             entries = None
         finally:
             await response.aclose()
@@ -116,17 +118,37 @@ class OpenAIUpstreamGen(ProxyGenerator):
         if upstream_model != request["model"]:
             raw = orjson.dumps({**request, "model": upstream_model})
         response = await self._send("POST", UPSTREAM_PATHS[capability], raw)
+        # the upstream's Content-Encoding and Content-Length describe bytes we decode: neither is passed on
         content_type = response.headers.get("content-type", "application/json")
-        return Forwarded(response.status_code, content_type, _body_chunks(response))
+        if content_type.startswith(SSE):
+            return Forwarded(response.status_code, content_type, _stream_chunks(response))
+        return Forwarded(response.status_code, content_type, await _whole_body(response))
 
 
-async def _body_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+def _failed_midway() -> BadGateway:
+    return BadGateway("The upstream API failed in the middle of the answer.", code="upstream_failed")
+
+
+async def _whole_body(response: httpx.Response) -> bytes:
+    """The decoded body (httpx undoes the gzip/deflate it asked for); a failure midway is a clean error."""
     try:
-        async for chunk in response.aiter_raw():
+        return await response.aread()
+    except httpx.TimeoutException:
+        raise GatewayTimeout("The upstream API stopped sending its answer.", code="upstream_timeout") from None
+    except httpx.RequestError:  # a reset, a body shorter than announced, a body that does not decompress
+        raise _failed_midway() from None
+    finally:
+        await response.aclose()
+
+
+async def _stream_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """A stream's decoded chunks as they arrive (aiter_bytes decodes each on arrival, without buffering);
+    a failure midway ends it with an error event and no [DONE]."""
+    try:
+        async for chunk in response.aiter_bytes():
             yield chunk
-    except httpx.TransportError:
-        yield sse_error_event(BadGateway("The upstream API failed in the middle of the answer.",
-                                         code="upstream_failed"))
+    except httpx.RequestError:
+        yield sse_error_event(_failed_midway())
     finally:
         await response.aclose()
 
@@ -139,6 +161,8 @@ async def _raise_for_upstream(response: httpx.Response, api_key: str | None = No
     504: 504. Anything else: 502 (the wrapper then tries another instance, if there is one)."""
     try:
         raw = await response.aread()
+    except httpx.RequestError:  # the error body itself failed: the status still says what happened
+        raw = b""
     finally:
         await response.aclose()
     status = response.status_code
@@ -147,16 +171,15 @@ async def _raise_for_upstream(response: httpx.Response, api_key: str | None = No
     except (orjson.JSONDecodeError, AttributeError):
         error = {}
     if not isinstance(error, dict):
-        error = {"message": str(error)}
-    message = str(error.get("message") or f"The upstream API answered {status}.")
-    if api_key:
-        message = message.replace(api_key, "[OPENAI_API_KEY]")
+        error = {"message": error}
+    error = _scrub(error, api_key)
+    message = _text(error.get("message")) or f"The upstream API answered {status}."
     if status in PASS_THROUGH_STATUSES:
-        raise OpenAIError(message, status=status, type=str(error.get("type") or "invalid_request_error"),
-                          param=error.get("param"), code=error.get("code"))
+        raise OpenAIError(message, status=status, type=_text(error.get("type")) or "invalid_request_error",
+                          param=_text(error.get("param")), code=_text(error.get("code")))
     if status == 429:
         retry = response.headers.get("retry-after")
-        raise RateLimited(message, code=error.get("code") or "rate_limit_exceeded",
+        raise RateLimited(message, code=_text(error.get("code")) or "rate_limit_exceeded",
                           headers={"Retry-After": retry} if retry else None)
     if status in (401, 403):
         raise BadGateway("The upstream API refused this worker's credentials (openai.api_key / OPENAI_API_KEY).",
@@ -164,3 +187,27 @@ async def _raise_for_upstream(response: httpx.Response, api_key: str | None = No
     if status == 504:
         raise GatewayTimeout("The upstream API timed out.", code="upstream_timeout")
     raise BadGateway(f"The upstream API failed with status {status}: {message}", code="upstream_error")
+
+
+KEY_PLACEHOLDER = "[OPENAI_API_KEY]"
+
+
+def _scrub(value: Any, api_key: str | None) -> Any:
+    """`value` (any JSON) with the key cut out of every string in it, at any depth, object keys included:
+    an upstream may echo the key in any field of its error."""
+    if not api_key:
+        return value
+    if isinstance(value, str):
+        return value.replace(api_key, KEY_PLACEHOLDER)
+    if isinstance(value, dict):
+        return {_scrub(k, api_key): _scrub(v, api_key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, api_key) for v in value]
+    return value
+
+
+def _text(value: Any) -> str | None:
+    """An error field as OpenAI types it (a string or null), whatever JSON the upstream put there."""
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()

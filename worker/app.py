@@ -6,6 +6,7 @@ import hmac
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel
@@ -26,7 +27,7 @@ from common.http import (
 )
 from common.settings import Settings
 from common.wire import Capability
-from generators import Embeddings, Generator, Output, ProxyGenerator
+from generators import Embeddings, Forwarded, Generator, Output, ProxyGenerator
 
 from .answers import Answers
 from .concurrency import ConcurrencyLimit
@@ -92,7 +93,7 @@ class Worker:
     async def _generate(self, request: Request, capability: Capability) -> Response:
         body, model, raw = await self._parse(request, capability)
         if isinstance(self.generator, ProxyGenerator):
-            return await self._forward(self.generator, capability, body, raw)
+            return await self._forward(request, self.generator, capability, body, raw)
         if wire.is_stream(body):
             events = self.answers.events(capability, body, model, request.headers.get("x-request-id", "-"),
                                          self.limit)
@@ -112,25 +113,41 @@ class Worker:
         async with self.limit:
             return [await self.generator.answer(capability, body) for _ in range(wire.choice_count(body))]
 
-    async def _forward(self, proxy: ProxyGenerator, capability: Capability, body: dict[str, Any],
-                       raw: bytes) -> Response:
-        """A proxy generator answers with its upstream's bytes, relayed as they come."""
+    async def _forward(self, request: Request, proxy: ProxyGenerator, capability: Capability,
+                       body: dict[str, Any], raw: bytes) -> Response:
+        """A proxy generator answers with its upstream's bytes: a JSON answer once it is whole, a stream
+        chunk by chunk. Until then a client that hangs up cancels the upstream call, and so frees its
+        concurrency slot, at once (the wrapper might otherwise send the same prompt elsewhere while this
+        one still runs); after that SSEResponse watches for it."""
+        try:
+            forwarded, release = await unless_disconnected(request, self._upstream(proxy, capability, body, raw))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        if isinstance(forwarded.body, bytes):
+            return Response(forwarded.body, status_code=forwarded.status, media_type=forwarded.content_type)
+        return SSEResponse(forwarded.body, forwarded.status, on_close=release, media_type=forwarded.content_type)
+
+    async def _upstream(self, proxy: ProxyGenerator, capability: Capability, body: dict[str, Any],
+                        raw: bytes) -> tuple[Forwarded, Callable[[], None]]:
+        """Take a slot and call the upstream up to its whole JSON answer or a stream's first chunk. The slot
+        is given back here on any failure or cancellation, and once a JSON answer is whole; a stream's
+        when it ends (the release function returned, safe to call again)."""
         release = await self.limit.hold()
         try:
             forwarded = await proxy.forward(capability, body, raw)
-            chunks = await _started(_then(forwarded.body, release))
+            if isinstance(forwarded.body, bytes):
+                release()
+            else:
+                forwarded = replace(forwarded, body=await _started(_then(forwarded.body, release)))
         except BaseException:
             release()
             raise
-        if forwarded.content_type.startswith(wire.SSE):
-            return SSEResponse(chunks, forwarded.status, on_close=release)
-        return Response(b"".join([c async for c in chunks]), status_code=forwarded.status,
-                        media_type=forwarded.content_type)
+        return forwarded, release
 
     async def embeddings(self, request: Request) -> Response:
         body, model, raw = await self._parse(request, Capability.EMBEDDING)
         if isinstance(self.generator, ProxyGenerator):
-            return await self._forward(self.generator, Capability.EMBEDDING, body, raw)
+            return await self._forward(request, self.generator, Capability.EMBEDDING, body, raw)
         inputs = wire.embedding_inputs(body["input"])
         try:
             result = await unless_disconnected(request, self._embed(body, inputs))

@@ -4,7 +4,9 @@ processes: tests/e2e/test_openai_worker.py."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 
 import httpx
 import pytest
@@ -30,6 +32,8 @@ async def _forward(g: OpenAIUpstreamGen, capability: str, request: dict, raw: by
     await g.startup()
     try:
         forwarded = await g.forward(capability, request, raw if raw is not None else json.dumps(request).encode())
+        if isinstance(forwarded.body, bytes):  # a JSON answer, read whole
+            return forwarded, forwarded.body
         return forwarded, b"".join([chunk async for chunk in forwarded.body])
     finally:
         await g.shutdown()
@@ -92,6 +96,105 @@ def test_an_upstream_failing_mid_stream_ends_with_an_error_event():
     assert json.loads(error.removeprefix(b"data: "))["error"]["code"] == "upstream_failed"
 
 
+# ---- compressed answers, bodies cut in the middle ------------------------------------------------
+
+ANSWER = json.dumps({"id": "x", "choices": [{"message": {"content": "compressible " * 50}}]}).encode()
+
+
+@pytest.mark.parametrize("encoding, compress", [
+    ("gzip", gzip.compress),
+    ("deflate", zlib.compress),
+])
+@respx.mock
+def test_a_compressed_json_answer_is_relayed_decoded(encoding, compress):
+    respx.post(f"{BASE}/chat/completions").respond(headers={"content-type": "application/json",
+                                                              "content-encoding": encoding}, content=compress(ANSWER))
+    forwarded, body = forward(gen(), "chat", CHAT)
+    assert isinstance(forwarded.body, bytes)  # read whole before anything is relayed
+    assert body == ANSWER
+
+
+class _HeldGzipStream(httpx.AsyncByteStream):
+    """Gzipped SSE, one flush per event, holding everything after the first event back until `go` is set."""
+
+    def __init__(self, events: list[bytes], go: asyncio.Event) -> None:
+        self.events = events
+        self.go = go
+
+    async def __aiter__(self):
+        gz = zlib.compressobj(wbits=31)
+        yield gz.compress(self.events[0]) + gz.flush(zlib.Z_SYNC_FLUSH)
+        await asyncio.wait_for(self.go.wait(), 5)
+        for event in self.events[1:]:
+            yield gz.compress(event) + gz.flush(zlib.Z_SYNC_FLUSH)
+        yield gz.flush()
+
+
+@respx.mock
+def test_a_gzipped_stream_is_decoded_chunk_by_chunk():
+    events = [b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b'data: {"choices": []}\n\n',
+              b"data: [DONE]\n\n"]
+
+    async def go_():
+        go = asyncio.Event()
+        respx.post(f"{BASE}/chat/completions").respond(
+            headers={"content-type": "text/event-stream", "content-encoding": "gzip"},
+            stream=_HeldGzipStream(events, go))
+        g = gen()
+        await g.startup()
+        try:
+            forwarded = await g.forward("chat", {**CHAT, "stream": True}, json.dumps(CHAT).encode())
+            first = await anext(forwarded.body)  # while the upstream still holds the rest back
+            go.set()
+            return first, [chunk async for chunk in forwarded.body]
+        finally:
+            await g.shutdown()
+
+    first, rest = asyncio.run(go_())
+    assert first == events[0]
+    assert b"".join(rest) == b"".join(events[1:])
+
+
+class _BrokenJSON(httpx.AsyncByteStream):
+    async def __aiter__(self):
+        yield b'{"id": "x", "choi'
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+class _Bytes(httpx.AsyncByteStream):
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    async def __aiter__(self):
+        yield self.content
+
+
+@pytest.mark.parametrize("headers, stream", [
+    ({"content-type": "application/json"}, _BrokenJSON()),
+    ({"content-type": "application/json", "content-encoding": "gzip"}, _Bytes(b"not gzip at all")),
+])
+@respx.mock
+def test_a_json_answer_failing_midway_is_a_clean_502(headers, stream):
+    respx.post(f"{BASE}/chat/completions").respond(headers=headers, stream=stream)
+    err = failure(gen())
+    assert (err.status, err.code) == (502, "upstream_failed")
+
+
+@respx.mock
+def test_the_worker_app_answers_a_cut_json_answer_with_a_502_and_frees_its_slot(schemas):
+    respx.post(f"{BASE}/chat/completions").mock(side_effect=[
+        httpx.Response(200, headers={"content-type": "application/json"}, stream=_BrokenJSON()),
+        httpx.Response(200, json={"id": "whole"}),
+    ])
+    with TestClient(Worker(gen(), Settings(worker={"max_concurrency": 1, "max_queue": 0})).app()) as worker:
+        cut = worker.post("/v1/chat/completions", json=CHAT)
+        whole = worker.post("/v1/chat/completions", json=CHAT)  # a slot kept by the cut answer would make this 429
+    assert cut.status_code == 502
+    schemas.validate("ErrorResponse", cut.json())  # one JSON error: no half answer, no SSE event
+    assert cut.json()["error"]["code"] == "upstream_failed"
+    assert (whole.status_code, whole.json()) == (200, {"id": "whole"})
+
+
 # ---- upstream errors -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("status", [400, 404, 422])
@@ -108,6 +211,21 @@ def test_client_errors_pass_through_with_the_upstream_body(status):
 def test_the_key_is_cut_out_of_a_passed_on_message():
     respx.post(f"{BASE}/chat/completions").respond(400, json={"error": {"message": f"bad request for key {KEY}"}})
     assert failure(gen()).message == "bad request for key [OPENAI_API_KEY]"
+
+
+@pytest.mark.parametrize("status", [400, 429, 500])
+@respx.mock
+def test_the_key_is_cut_out_of_every_field_of_an_upstream_error(status):
+    error = {"message": f"key {KEY}", "type": f"invalid_request_error {KEY}", "param": f"input[{KEY}]",
+             "code": {"seen": [KEY, {KEY: f"again {KEY}"}]}}
+    respx.post(f"{BASE}/chat/completions").respond(status, json={"error": error})
+    err = failure(gen())
+    fields = (err.message, err.type, err.param, err.code)
+    assert not any(KEY in str(f) for f in fields)
+    assert "key [OPENAI_API_KEY]" in err.message
+    if status == 400:  # passed on field by field, as strings (OpenAI types them so)
+        assert (err.type, err.param) == ("invalid_request_error [OPENAI_API_KEY]", "input[[OPENAI_API_KEY]]")
+        assert json.loads(err.code) == {"seen": ["[OPENAI_API_KEY]", {"[OPENAI_API_KEY]": "again [OPENAI_API_KEY]"}]}
 
 
 @respx.mock
