@@ -21,6 +21,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    # httpx logs every request at INFO; a line per request costs a third of the throughput
+    # (docs/performance.md), so openai_worker's upstream calls log only when something is wrong
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def setup(args: argparse.Namespace) -> Settings:
