@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -61,6 +61,9 @@ class LimitSettings(_Section):
     max_n: int = Field(128, ge=1)  # OpenAI's own maximum
 
 
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
 class WrapperSettings(_Section):
     balancer: Literal["random", "least_in_flight"] = "random"
     max_attempts: int = Field(3, ge=1, le=10)
@@ -72,6 +75,8 @@ class WrapperSettings(_Section):
     consul_wait: str = "30s"
     drain_seconds: float = Field(10.0, ge=0)
     processes: int = Field(1, ge=1, le=64)
+    # model name or fnmatch glob -> the Consul services allowed to serve it (svc_mgr/routes.py)
+    routes: dict[NonEmpty, list[NonEmpty]] = {}
 
 
 class WorkerSettings(_Section):

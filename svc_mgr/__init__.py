@@ -2,6 +2,7 @@
 from .discovery import Discovery
 from .entry import Instance
 from .registration import ConsulUnreachable, Registration
+from .routes import RouteRules
 from .routing import POLICIES, RoutingTable
 
-__all__ = ["ConsulUnreachable", "Discovery", "Instance", "POLICIES", "Registration", "RoutingTable"]
+__all__ = ["ConsulUnreachable", "Discovery", "Instance", "POLICIES", "Registration", "RouteRules", "RoutingTable"]

@@ -11,7 +11,7 @@ import aiohttp
 from common.settings import ConsulSettings
 
 from .consul_client import AsyncConsul, ConsulException, connect
-from .entry import MARKER_TAG, instance_from_health
+from .entry import MARKER_TAG, EntryReader
 from .routing import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Discovery:
         self._tasks: dict[str, asyncio.Task] = {}
         self._main: asyncio.Task | None = None
         self.ready = asyncio.Event()
+        self.read_entry = EntryReader()
 
     async def start(self) -> None:
         self._consul = connect(self.settings)
@@ -108,7 +109,15 @@ class Discovery:
     async def _watch_health(self, service: str, answered: asyncio.Event) -> None:
         assert self._consul is not None
         health = self._consul.health
+        failing = False
         async for entries in self._changes(
                 lambda index: health.service(service, index=index, wait=self.wait, passing=True)):
-            self.table.set_service(service, filter(None, map(instance_from_health, entries)))
+            try:
+                self.table.set_service(service, filter(None, map(self.read_entry, entries)))
+                failing = False
+            except Exception:  # a bug here must not end this service's watch for good: log it, keep watching
+                if not failing:
+                    log.exception("could not update the routing table for service %r; keeping its last "
+                                  "instances and watching on", service)
+                failing = True
             answered.set()

@@ -2,15 +2,32 @@
 
 A worker registers one service instance whose tags are the marker tag plus one `model=NAME` tag per
 model it serves (tags have no length cap, unlike meta values, which Consul limits to 512 characters).
+
+Anyone who can write to Consul's catalog can register anything, so what an entry claims is checked
+before the wrapper routes to it: a malformed entry is skipped (with one warning per service id), never
+routed to and never allowed to break the watch that reads it.
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 MARKER_TAG = "openai-api-wrapper"
 MODEL_TAG_PREFIX = "model="
+
+# Bounds on what one registration may claim; an entry beyond them is skipped, not truncated.
+MAX_MODEL_NAME_LENGTH = 256  # characters of one model name (OpenAI's ids are far shorter)
+MAX_MODELS_PER_INSTANCE = 1000  # models one instance may claim; more is a bug or an attack on the table
+MAX_HOSTNAME_LENGTH = 253  # DNS's limit for a whole name
+
+# One DNS label (RFC 1123): letters, digits and inner hyphens, at most 63 characters.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 def service_id(name: str, host: str, port: int) -> str:
@@ -43,12 +60,91 @@ class Instance:
         self.base_url = f"http://{host}:{self.port}"
 
 
-def instance_from_health(entry: dict[str, Any]) -> Instance | None:
-    """An Instance from one element of /v1/health/service/NAME, or None if it is not ours."""
-    svc = entry.get("Service") or {}
-    tags = svc.get("Tags") or []
-    if MARKER_TAG not in tags:
+class BadEntry(ValueError):
+    """A registration the wrapper will not route to; the message says why."""
+
+
+def valid_host(host: str) -> bool:
+    """An IP address or a DNS name, and nothing else: no scheme, userinfo, port, path, query or spaces."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        name = host[:-1] if host.endswith(".") else host  # a fully qualified name may end with a dot
+        labels = name.split(".")
+        # an all-digit last label is a malformed IP address (999.0.0.1), never a name
+        return (0 < len(name) <= MAX_HOSTNAME_LENGTH and all(_DNS_LABEL.fullmatch(p) for p in labels)
+                and not labels[-1].isdigit())
+    # a zone id (fe80::1%eth0) would need escaping in a URL, and a worker is never registered with one
+    return not (isinstance(address, ipaddress.IPv6Address) and address.scope_id)
+
+
+def valid_model_name(name: str) -> bool:
+    """Printable, no whitespace, 1 to MAX_MODEL_NAME_LENGTH characters."""
+    return (0 < len(name) <= MAX_MODEL_NAME_LENGTH and name.isprintable()
+            and not any(c.isspace() for c in name))
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadEntry(f"{what} is {value!r}, not a non-empty string")
+    return value
+
+
+def _port(value: Any) -> int:
+    if type(value) is not int or not 1 <= value <= 65535:  # bool is an int subclass: not a port
+        raise BadEntry(f"port {value!r} is not a number from 1 to 65535")
+    return value
+
+
+def _models(tags: list[Any]) -> tuple[str, ...]:
+    models = models_from_tags(t for t in tags if isinstance(t, str))
+    if len(models) > MAX_MODELS_PER_INSTANCE:
+        raise BadEntry(f"it claims {len(models)} models, more than {MAX_MODELS_PER_INSTANCE}")
+    for name in models:
+        if not valid_model_name(name):
+            raise BadEntry(f"model name {name[:40]!r}{'...' if len(name) > 40 else ''} is empty, longer than "
+                           f"{MAX_MODEL_NAME_LENGTH} characters or holds whitespace or control characters")
+    return tuple(dict.fromkeys(models))  # a model tagged twice is one model
+
+
+def parse_instance(entry: Any) -> Instance | None:
+    """An Instance from one element of /v1/health/service/NAME; None if it is not ours; BadEntry if it
+    is ours but malformed."""
+    if not isinstance(entry, dict) or not isinstance(svc := entry.get("Service"), dict):
         return None
-    address = svc.get("Address") or (entry.get("Node") or {}).get("Address") or "127.0.0.1"
-    return Instance(id=svc["ID"], service=svc["Service"], address=address, port=int(svc["Port"]),
-                    models=models_from_tags(tags))
+    tags = svc.get("Tags")
+    if not isinstance(tags, list) or MARKER_TAG not in tags:
+        return None
+    node = entry.get("Node")
+    address = svc.get("Address") or (node.get("Address") if isinstance(node, dict) else None) or "127.0.0.1"
+    if not isinstance(address, str) or not valid_host(address):
+        raise BadEntry(f"address {address!r} is not an IP address or a DNS name")
+    return Instance(id=_text(svc.get("ID"), "the service id"), service=_text(svc.get("Service"), "the service name"),
+                    address=address, port=_port(svc.get("Port")), models=_models(tags))
+
+
+class EntryReader:
+    """Reads health entries into Instances, skipping malformed ones with one warning per service id (a
+    watch reads every entry again on each Consul update; the log should not repeat itself)."""
+
+    def __init__(self) -> None:
+        self._warned: set[tuple[str, str]] = set()
+
+    def __call__(self, entry: Any) -> Instance | None:
+        try:
+            return parse_instance(entry)
+        except BadEntry as exc:
+            svc = entry["Service"]  # parse_instance got this far, so both are dicts
+            key = (str(svc.get("Service")), str(svc.get("ID")))
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("ignoring the Consul registration %r of service %r: %s", key[1], key[0], exc)
+            return None
+
+
+def instance_from_health(entry: Any) -> Instance | None:
+    """An Instance from one element of /v1/health/service/NAME, or None if it is not ours or malformed."""
+    try:
+        return parse_instance(entry)
+    except BadEntry:
+        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -29,7 +30,9 @@ class Registration:
         self.host = host
         self.port = port
         self.models = list(models)
-        self.health_url = health_url
+        # Consul's check names the instance it expects: a worker that took over the port of a stale
+        # registration answers 503 to it, so the stale entry goes critical instead of passing for that worker
+        self.check_url = f"{health_url}?{urlencode({'id': self.id})}"
         self._consul: AsyncConsul | None = None
         self._keepalive: asyncio.Task | None = None
 
@@ -41,7 +44,7 @@ class Registration:
 
     async def _register_once(self) -> None:
         check = {
-            "http": self.health_url,
+            "http": self.check_url,
             "interval": self.worker.check_interval,
             "timeout": self.worker.check_timeout,
             "DeregisterCriticalServiceAfter": self.worker.deregister_after,

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from .entry import Instance
+from .routes import RouteRules
 
 Policy = Callable[[Sequence[Instance]], Instance]
 
@@ -26,11 +27,13 @@ POLICIES: dict[str, Policy] = {"random": pick_random, "least_in_flight": pick_le
 
 
 class RoutingTable:
-    """Filled by discovery, read by the request path. Lookups are dict reads; updates rebuild per service."""
+    """Filled by discovery, read by the request path. Lookups are dict reads; updates rebuild per service,
+    and `rules` (wrapper.routes) decide there, once per update, which services may serve each model."""
 
-    def __init__(self, policy: Policy = pick_random, cooldown: float = 5.0) -> None:
+    def __init__(self, policy: Policy = pick_random, cooldown: float = 5.0, rules: RouteRules | None = None) -> None:
         self.policy = policy
         self.cooldown = cooldown
+        self.rules = rules if rules is not None else RouteRules()
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._by_model: dict[str, list[Instance]] = {}
         self.known_models: set[str] = set()  # every model ever seen, to tell 503 from 404
@@ -61,8 +64,8 @@ class RoutingTable:
             for inst in instances.values():
                 for model in inst.models:
                     by_model.setdefault(model, []).append(inst)
-        self._by_model = by_model
-        self.known_models.update(by_model)
+        self._by_model = self.rules.apply(by_model)
+        self.known_models.update(self._by_model)
 
     # ---- reads (request path) ----------------------------------------------------------------
 

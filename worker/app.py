@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from common import wire
-from common.errors import InvalidRequest, NotFound, Unauthorized
+from common.errors import InvalidRequest, NotFound, Unauthorized, Unavailable
 from common.http import (
     CLIENT_CLOSED,
     ClientGone,
@@ -44,11 +44,13 @@ class WorkerHealth(BaseModel):
 
 
 class Worker:
-    """Holds the Generator and the settings the endpoints need; one per process."""
+    """Holds the Generator and the settings the endpoints need; one per process. `service_id` is the
+    Consul service id this worker registers under (svc_mgr.entry.service_id)."""
 
-    def __init__(self, generator: Generator, settings: Settings) -> None:
+    def __init__(self, generator: Generator, settings: Settings, service_id: str | None = None) -> None:
         self.generator = generator
         self.settings = settings
+        self.service_id = service_id
         self.models: frozenset[str] = frozenset()  # set at start-up: a proxy learns its models then
         self.served = 0  # model calls accepted, reported by /health
         self._started = False
@@ -166,6 +168,12 @@ class Worker:
         return json_response(wire.model_list([wire.model_entry(m, created, owner) for m in self.generator.models]))
 
     async def health(self, request: Request) -> Response:
+        """Liveness for Consul's check. With `?id=SERVICE_ID` (as registered), only the worker registered
+        under that id is healthy: a stale registration whose port another worker now holds goes critical."""
+        asked = request.query_params.get("id")
+        if asked is not None and asked != self.service_id:
+            raise Unavailable("This worker is not the service instance the health check asks for.",
+                              code="wrong_instance")
         return json_response({"status": "ok", "models": list(self.generator.models), "served": self.served})
 
     def app(self) -> ASGIApp:

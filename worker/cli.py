@@ -11,6 +11,7 @@ from common.server import run
 from common.settings import ConfigError, Settings
 from generators import Generator
 from svc_mgr import ConsulUnreachable
+from svc_mgr.entry import service_id
 
 from .app import Worker
 from .lifecycle import serve_worker
@@ -83,9 +84,9 @@ def _run_worker(args: argparse.Namespace, settings: Settings, generator: Generat
     if args.max_concurrency is not None:
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(
             update={"max_concurrency": args.max_concurrency})})
-    worker = Worker(generator, settings)
     service = args.svc_name or generator.default_service_name()
     advertised = args.advertise or (args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
+    worker = Worker(generator, settings, service_id=service_id(service, advertised, args.port))
     try:
         return run(serve_worker(worker, settings, args.host, args.port, advertised, service))
     except (ConsulUnreachable, ValueError) as exc:  # ValueError: the Generator's start-up refused its settings

@@ -27,7 +27,8 @@ async def serve_worker(worker: Worker, settings: Settings, host: str, port: int,
                                 models=worker.generator.models, health_url=health)
 
     async def after_start() -> None:
-        async with aiohttp.ClientSession() as session, session.get(health) as resp:
+        # the very check Consul will run: it also proves the Worker knows the id it is registered under
+        async with aiohttp.ClientSession() as session, session.get(registration.check_url) as resp:
             resp.raise_for_status()
         await registration.register()
         registration.start_keepalive()

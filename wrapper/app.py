@@ -26,7 +26,7 @@ from common.http import (
 )
 from common.settings import Settings, load_api_keys, secret
 from common.wire import Capability
-from svc_mgr import POLICIES, Discovery, RoutingTable
+from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 
 from .auth import KeyRing
 from .hop import Hop
@@ -47,7 +47,8 @@ class Wrapper:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown)
+        self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown,
+                                  RouteRules(settings.wrapper.routes))
         self.keys = KeyRing(load_api_keys(settings))
         self.hop = Hop(self.table, settings.wrapper, secret(settings.worker.secret))
         self.discovery = Discovery(settings.consul, self.table, settings.wrapper.consul_wait)
