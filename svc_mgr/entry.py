@@ -34,6 +34,12 @@ def service_id(name: str, host: str, port: int) -> str:
     return f"{name}-{host}-{port}"
 
 
+def http_base(address: str, port: int) -> str:
+    """`http://ADDRESS:PORT`, an IPv6 address in brackets."""
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}"
+
+
 def model_tags(models: Iterable[str]) -> list[str]:
     return [MARKER_TAG, *(MODEL_TAG_PREFIX + m for m in models)]
 
@@ -56,8 +62,7 @@ class Instance:
     cooled_until: float = field(default=0.0, compare=False)
 
     def __post_init__(self) -> None:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        self.base_url = f"http://{host}:{self.port}"
+        self.base_url = http_base(self.address, self.port)
 
 
 class BadEntry(ValueError):

@@ -9,6 +9,7 @@ import aiohttp
 from common.server import serve, uvicorn_config
 from common.settings import Settings
 from svc_mgr import Registration
+from svc_mgr.entry import http_base
 
 from .app import Worker
 
@@ -22,7 +23,7 @@ async def serve_worker(worker: Worker, settings: Settings, host: str, port: int,
         log.warning("no worker secret set (worker.secret or WORKER_SECRET): anyone who can reach this port "
                     "can call the model")
     await worker.start()  # before binding: a Generator that cannot start fails with one clear line
-    health = f"http://{advertised}:{port}/health"
+    health = http_base(advertised, port) + "/health"
     registration = Registration(settings.consul, settings.worker, name=service, host=advertised, port=port,
                                 models=worker.generator.models, health_url=health)
 
