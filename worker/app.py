@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -21,6 +20,7 @@ from common.http import (
     SSEResponse,
     json_response,
     openai_app,
+    presents_secret,
     read_body,
     unless_disconnected,
 )
@@ -33,13 +33,11 @@ from .concurrency import ConcurrencyLimit
 
 log = logging.getLogger(__name__)
 
-SECRET_HEADER = "x-worker-secret"
-
 
 class WorkerHealth(BaseModel):
     status: str
-    models: list[str]
-    served: int  # model calls accepted
+    models: list[str] | None = None  # these two only for a caller with the worker secret
+    served: int | None = None  # model calls accepted
 
 
 class Worker:
@@ -58,10 +56,7 @@ class Worker:
     # ---- request checks ----------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> None:
-        if self._secret is None:
-            return
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        if not hmac.compare_digest(given, self._secret):
+        if self._secret is not None and not presents_secret(request, self._secret):
             raise Unauthorized("This worker accepts calls only from its wrapper.", code="invalid_worker_secret")
 
     async def _parse(self, request: Request, capability: Capability) -> tuple[dict[str, Any], str, bytes]:
@@ -149,6 +144,9 @@ class Worker:
         return json_response(wire.model_list([wire.model_entry(m, created, owner) for m in self.generator.models]))
 
     async def health(self, request: Request) -> Response:
+        """Always 200 for Consul's check; what the worker serves only for a caller with the secret."""
+        if not presents_secret(request, self._secret):
+            return json_response({"status": "ok"})
         return json_response({"status": "ok", "models": list(self.generator.models), "served": self.served})
 
     def app(self) -> ASGIApp:
