@@ -3,6 +3,7 @@ responses, bounded bodies, the client-disconnect watch and the one SSE writer.""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -24,6 +25,13 @@ JSON = "application/json"
 T = TypeVar("T")
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away; never reaches the client
+
+SECRET_HEADER = "x-worker-secret"  # the wrapper -> worker shared secret (worker.secret)
+
+
+def presents_secret(request: Request, secret: bytes | None) -> bool:
+    """Whether the caller sent the worker secret (compared in constant time); never when none is set."""
+    return secret is not None and hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), secret)
 
 
 class ClientGone(Exception):

@@ -4,6 +4,7 @@ Loaded once at start-up by the entry scripts; nothing here runs at import.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "env.yaml"
 
@@ -48,9 +49,30 @@ class TimeoutSettings(_Section):
 
 
 class ApiKey(_Section):
-    key: SecretStr = Field(min_length=8)
+    """A gateway key, given as the key itself or as its SHA-256 digest (so a keys file need not hold keys)."""
+
+    key: SecretStr | None = Field(None, min_length=8)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     models: list[str] | None = None  # None: every model
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ApiKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of 'key' and 'key_sha256'")
+        return self
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the key: what the wrapper keeps and compares."""
+        if self.key_sha256 is not None:
+            return bytes.fromhex(self.key_sha256)
+        assert self.key is not None  # _one_form
+        return key_digest(self.key.get_secret_value())
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
 
 
 class LimitSettings(_Section):
@@ -86,7 +108,7 @@ class WorkerSettings(_Section):
     drain_seconds: float = Field(10.0, ge=0)
     register_attempts: int = Field(5, ge=1)
     keepalive_interval: float = Field(3.0, gt=0)
-    secret: SecretStr | None = None
+    secret: SecretStr | None = Field(None, min_length=8)  # an empty secret would let every caller in
     max_concurrency: int | None = Field(None, ge=1)
     max_queue: int = Field(64, ge=0)
 
@@ -97,12 +119,17 @@ class UpstreamSettings(_Section):
     timeout: float = Field(600.0, gt=0)
 
 
+class SecuritySettings(_Section):
+    strict: bool = False  # refuse to start without API keys / worker secret (--require-auth)
+
+
 class Settings(_Section):
     consul: ConsulSettings = ConsulSettings()
     limits: LimitSettings = LimitSettings()
     wrapper: WrapperSettings = WrapperSettings()
     worker: WorkerSettings = WorkerSettings()
     openai: UpstreamSettings = UpstreamSettings()
+    security: SecuritySettings = SecuritySettings()
     source: str = Field("<defaults>", exclude=True)
 
 
@@ -155,19 +182,29 @@ class _KeysFile(_Section):
 
 def load_api_keys(settings: Settings) -> list[ApiKey]:
     """The wrapper's keys: `wrapper.api_keys` plus those in `wrapper.api_keys_file` (relative to the config)."""
-    keys = list(settings.wrapper.api_keys)
+    keys = [(f"{settings.source}: key 'wrapper.api_keys.{i}'", k) for i, k in enumerate(settings.wrapper.api_keys)]
     if settings.wrapper.api_keys_file:
         path = Path(settings.source).parent / settings.wrapper.api_keys_file
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            keys += _KeysFile.model_validate(raw).api_keys
+            keys += [(f"{path}: key 'api_keys.{i}'", k) for i, k in enumerate(_KeysFile.model_validate(raw).api_keys)]
         except OSError as exc:
             raise ConfigError(f"{settings.source}: key 'wrapper.api_keys_file': cannot read {path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         except ValidationError as exc:
             raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in exc.errors())) from None
-    return keys
+    _refuse_duplicates(keys)
+    return [k for _, k in keys]
+
+
+def _refuse_duplicates(keys: list[tuple[str, ApiKey]]) -> None:
+    """A key listed twice is a mistake: which entry's models would apply?"""
+    seen: dict[bytes, str] = {}
+    for place, key in keys:
+        if key.digest in seen:
+            raise ConfigError(f"{place}: the same API key as {seen[key.digest]}")
+        seen[key.digest] = place
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -22,6 +21,7 @@ from common.http import (
     SSEResponse,
     json_response,
     openai_app,
+    presents_secret,
     read_body,
     unless_disconnected,
 )
@@ -34,13 +34,11 @@ from .concurrency import ConcurrencyLimit
 
 log = logging.getLogger(__name__)
 
-SECRET_HEADER = "x-worker-secret"
-
 
 class WorkerHealth(BaseModel):
     status: str
-    models: list[str]
-    served: int  # model calls accepted
+    models: list[str] | None = None  # these two only for a caller with the worker secret
+    served: int | None = None  # model calls accepted
 
 
 class Worker:
@@ -61,10 +59,7 @@ class Worker:
     # ---- request checks ----------------------------------------------------------------------
 
     def _authorize(self, request: Request) -> None:
-        if self._secret is None:
-            return
-        given = request.headers.get(SECRET_HEADER, "").encode()
-        if not hmac.compare_digest(given, self._secret):
+        if self._secret is not None and not presents_secret(request, self._secret):
             raise Unauthorized("This worker accepts calls only from its wrapper.", code="invalid_worker_secret")
 
     async def _parse(self, request: Request, capability: Capability) -> tuple[dict[str, Any], str, bytes]:
@@ -169,11 +164,14 @@ class Worker:
 
     async def health(self, request: Request) -> Response:
         """Liveness for Consul's check. With `?id=SERVICE_ID` (as registered), only the worker registered
-        under that id is healthy: a stale registration whose port another worker now holds goes critical."""
+        under that id is healthy: a stale registration whose port another worker now holds goes critical.
+        What the worker serves is shown only to a caller with the secret."""
         asked = request.query_params.get("id")
         if asked is not None and asked != self.service_id:
             raise Unavailable("This worker is not the service instance the health check asks for.",
                               code="wrong_instance")
+        if not presents_secret(request, self._secret):
+            return json_response({"status": "ok"})
         return json_response({"status": "ok", "models": list(self.generator.models), "served": self.served})
 
     def app(self) -> ASGIApp:

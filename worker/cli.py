@@ -6,7 +6,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from common.cli import base_parser, fail, setup
+from common.cli import Guard, base_parser, check_guards, fail, setup
 from common.server import run
 from common.settings import ConfigError, Settings
 from generators import Generator
@@ -59,7 +59,7 @@ def template_worker(argv: Sequence[str]) -> int:
     cls.add_arguments(own)
     options = vars(own.parse_args(rest))
     try:
-        settings = setup(args)
+        settings = _setup(args)
         generator = cls(models=_split(args.models), **options)
     except (ConfigError, ValueError) as exc:
         return fail(str(exc))
@@ -73,11 +73,19 @@ def openai_worker(argv: Sequence[str]) -> int:
     _worker_options(parser)
     args = parser.parse_args(argv)
     try:
-        settings = setup(args)
+        settings = _setup(args)
         generator = OpenAIUpstreamGen(aliases=parse_aliases(args.models), upstream=settings.openai)
     except (ConfigError, ValueError) as exc:
         return fail(str(exc))
     return _run_worker(args, settings, generator)
+
+
+def _setup(args: argparse.Namespace) -> Settings:
+    """The settings, refused in strict mode without a worker secret (else warned about once); ConfigError."""
+    settings = setup(args)
+    check_guards([Guard("worker.secret (or WORKER_SECRET)", settings.worker.secret is not None,
+                        "no worker secret set: anyone who can reach this port can call the model")], settings)
+    return settings
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings, generator: Generator) -> int:

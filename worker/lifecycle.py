@@ -2,8 +2,6 @@
 entry there; on SIGTERM/SIGINT deregister first, then drain and stop the Generator."""
 from __future__ import annotations
 
-import logging
-
 import aiohttp
 
 from common.server import serve, uvicorn_config
@@ -13,15 +11,10 @@ from svc_mgr.entry import http_base
 
 from .app import Worker
 
-log = logging.getLogger(__name__)
-
 
 async def serve_worker(worker: Worker, settings: Settings, host: str, port: int, advertised: str,
                        service: str) -> int:
     """Serve `worker` until SIGTERM/SIGINT; returns the exit status."""
-    if settings.worker.secret is None:
-        log.warning("no worker secret set (worker.secret or WORKER_SECRET): anyone who can reach this port "
-                    "can call the model")
     await worker.start()  # before binding: a Generator that cannot start fails with one clear line
     health = http_base(advertised, port) + "/health"
     registration = Registration(settings.consul, settings.worker, name=service, host=advertised, port=port,

@@ -21,6 +21,7 @@ from common.http import (
     SSEResponse,
     json_response,
     openai_app,
+    presents_secret,
     read_body,
     unless_disconnected,
 )
@@ -34,7 +35,7 @@ from .hop import Hop
 
 class WrapperHealth(BaseModel):
     status: str
-    pid: int
+    pid: int | None = None  # only for a caller with the worker secret: it identifies the process
     models: int  # routable models
     in_flight: int
     consul: str  # "up" or "down"
@@ -50,7 +51,9 @@ class Wrapper:
         self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown,
                                   RouteRules(settings.wrapper.routes))
         self.keys = KeyRing(load_api_keys(settings))
-        self.hop = Hop(self.table, settings.wrapper, secret(settings.worker.secret))
+        worker_secret = secret(settings.worker.secret)
+        self.hop = Hop(self.table, settings.wrapper, worker_secret)
+        self._secret = worker_secret.encode() if worker_secret else None
         self.discovery = Discovery(settings.consul, self.table, settings.wrapper.consul_wait)
         self.created = wire.now()
 
@@ -107,14 +110,14 @@ class Wrapper:
         return json_response(wire.model_entry(name, self.created, instances[0].service))
 
     async def health(self, request: Request) -> Response:
-        return json_response({"status": "ok", "pid": os.getpid(), "models": len(self.table.models()),
-                              "in_flight": self.table.in_flight(),
-                              "consul": "down" if self.discovery.outage.down else "up"})
+        health = {"status": "ok", "models": len(self.table.models()), "in_flight": self.table.in_flight(),
+                  "consul": "down" if self.discovery.outage.down else "up"}
+        if presents_secret(request, self._secret):
+            health["pid"] = os.getpid()
+        return json_response(health)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object) -> AsyncGenerator[None, None]:
-        if self.keys.open:
-            log.warning("no API keys configured: the wrapper accepts every caller (set wrapper.api_keys)")
         await self.hop.start()
         await self.discovery.start()
         try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from common.cli import base_parser, fail, setup
-from common.settings import ConfigError
+from common.cli import Guard, base_parser, check_guards, fail, setup
+from common.settings import ConfigError, Settings, load_api_keys
 
 from .supervisor import supervise
 
@@ -19,9 +19,21 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     try:
         settings = setup(args)
+        check_guards(guards(settings), settings)
     except ConfigError as exc:
         return fail(str(exc))
     processes = args.processes or settings.wrapper.processes
     log.info("wrapper listening on http://%s:%s/v1 with %d process(es) (Consul at %s)", args.host, args.port,
              processes, settings.consul.address)
     return supervise(settings, args.host, args.port, processes, args.log_level)
+
+
+def guards(settings: Settings) -> list[Guard]:
+    """The wrapper's security settings, checked here once for every process (raises ConfigError on a bad
+    or duplicated key, before any process starts)."""
+    return [
+        Guard("wrapper.api_keys (or wrapper.api_keys_file)", bool(load_api_keys(settings)),
+              "no API keys configured: the wrapper accepts every caller"),
+        Guard("worker.secret (or WORKER_SECRET)", settings.worker.secret is not None,
+              "no worker secret set: the wrapper sends none, so its workers take calls from anyone who can reach them"),
+    ]

@@ -8,7 +8,7 @@ import pytest
 
 from generators.echo import unit_vector
 from tests.support.procs import get_json, wait_until
-from tests.support.servers import routable, start_worker, unique_model
+from tests.support.servers import INSIDER, SECRET_ENV, routable, start_worker, unique_model
 
 # ---- end to end: SDK -> wrapper -> openai_worker.py -> a real OpenAI-compatible server --------------
 
@@ -77,6 +77,6 @@ def test_e2e_the_key_is_never_logged(client, relay_worker):
 def test_e2e_models_are_discovered_without_models_option(module_procs, consul, upstream):
     discovering = start_worker(module_procs, consul, "(openai_worker.py takes no generator)",
                                "--svc-name", unique_model("discovering-svc"), script="openai_worker.py",
-                               env={"OPENAI_BASE_URL": upstream.base_url})
-    status, health = get_json(discovering.url + "/health")
+                               env={"OPENAI_BASE_URL": upstream.base_url, **SECRET_ENV})
+    status, health = get_json(discovering.url + "/health", INSIDER)  # models: only with the secret
     assert (status, health["models"]) == (200, [UP])

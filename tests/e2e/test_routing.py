@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.support.procs import ROOT, free_port, get_json, post, python_script, wait_until
-from tests.support.servers import routable, start_worker, start_wrapper, unique_model
+from tests.support.servers import INSIDER, SECRET_ENV, routable, start_worker, start_wrapper, unique_model
 
 
 def chat(wrapper, model, text="hi"):
@@ -60,15 +60,17 @@ def test_kill_9_is_removed_by_the_health_check(procs, consul, wrapper, schemas):
     schemas.validate("ErrorResponse", httpx.Response(status, content=body).json())
 
 
-def test_two_workers_of_one_model_share_traffic(procs, consul, wrapper):
+def test_two_workers_of_one_model_share_traffic(procs, consul):
     model = unique_model()
-    a = start_worker(procs, consul, "generators.echo.EchoGen", "--models", model)
-    b = start_worker(procs, consul, "generators.echo.EchoGen", "--models", model)
-    wait_until(lambda: routable(wrapper, model), 3, "routable")
+    # the secret: a worker's /health reports `served` only to a caller with it
+    a = start_worker(procs, consul, "generators.echo.EchoGen", "--models", model, env=SECRET_ENV)
+    b = start_worker(procs, consul, "generators.echo.EchoGen", "--models", model, env=SECRET_ENV)
+    wrapper = start_wrapper(procs, consul, env=SECRET_ENV)
+    wait_until(lambda: routable(wrapper, model), 10, "routable")
 
     def both_served() -> bool:
         assert chat(wrapper, model)[0] == 200
-        return all(get_json(w.url + "/health")[1]["served"] > 0 for w in (a, b))
+        return all(get_json(w.url + "/health", INSIDER)[1]["served"] > 0 for w in (a, b))
 
     wait_until(both_served, 10, "both workers to receive requests", interval=0)
 
@@ -121,13 +123,14 @@ def test_sigterm_drains_a_running_stream(procs, consul, wrapper):
 
 def test_several_wrapper_processes_share_one_port(procs, consul):
     model = unique_model()
-    start_worker(procs, consul, "generators.echo.EchoGen", "--models", model)
-    wrapper = start_wrapper(procs, consul, "--processes", "2")
+    # the secret: the wrapper's /health shows its pid only to a caller with it
+    start_worker(procs, consul, "generators.echo.EchoGen", "--models", model, env=SECRET_ENV)
+    wrapper = start_wrapper(procs, consul, "--processes", "2", env=SECRET_ENV)
     pids = set()
 
     def both_processes_route() -> bool:
         # a fresh connection each time, so the kernel spreads them over the processes
-        pids.add(httpx.get(wrapper.url + "/health").json()["pid"])
+        pids.add(httpx.get(wrapper.url + "/health", headers=INSIDER).json()["pid"])
         return len(pids) == 2 and routable(wrapper, model)
 
     wait_until(both_processes_route, 10, "two processes answering on one port", interval=0)

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.support.procs import Consul, Procs, free_port, get_json, post, wait_until
-from tests.support.servers import Server, routable, start_worker, start_wrapper, unique_model
+from tests.support.servers import INSIDER, SECRET_ENV, Server, routable, start_worker, start_wrapper, unique_model
 
 MARKER_TAG = "openai-api-wrapper"  # what a worker's registration carries (svc_mgr/entry.py)
 ECHO = "generators.echo.EchoGen"
@@ -33,7 +33,7 @@ def chat(wrapper: Server, model: str) -> tuple[int, bytes]:
 
 
 def served(worker: Server) -> int:
-    return get_json(worker.url + "/health")[1]["served"]
+    return get_json(worker.url + "/health", INSIDER)[1]["served"]
 
 
 def log_lines(server: Server, *words: str) -> list[str]:
@@ -43,7 +43,7 @@ def log_lines(server: Server, *words: str) -> list[str]:
 def wrapper_with(procs: Procs, consul: Consul, tmp_path, config: str) -> Server:
     path = tmp_path / "env.yaml"
     path.write_text(config)
-    return start_wrapper(procs, consul, "--config", str(path))
+    return start_wrapper(procs, consul, "--config", str(path), env=SECRET_ENV)
 
 
 class Catalog:
@@ -137,7 +137,7 @@ def test_a_rogue_service_gets_no_traffic_for_a_model_its_rule_does_not_give_it(p
     tag = uuid.uuid4().hex[:8]
     legit, rogue, guarded = f"legit-{tag}", f"rogue-{tag}", unique_model("guarded")
     wrapper = wrapper_with(procs, consul, tmp_path, f"wrapper:\n  routes:\n    {guarded}: [{legit}]\n")
-    worker = start_worker(procs, consul, ECHO, "--models", guarded, "--svc-name", legit)
+    worker = start_worker(procs, consul, ECHO, "--models", guarded, "--svc-name", legit, env=SECRET_ENV)
     wait_until(lambda: routable(wrapper, guarded), 10, "the legitimate worker to be routable")
 
     # no health check at all, so Consul lists it as passing
@@ -163,7 +163,7 @@ def test_a_rogue_service_gets_no_traffic_for_a_model_its_rule_does_not_give_it(p
 def test_malformed_registrations_are_skipped_and_the_watch_goes_on(procs, consul, catalog, tmp_path):
     service, model = f"mixed-{uuid.uuid4().hex[:8]}", unique_model()
     wrapper = wrapper_with(procs, consul, tmp_path, "wrapper:\n  max_attempts: 3\n")
-    good = start_worker(procs, consul, ECHO, "--models", model, "--svc-name", service)
+    good = start_worker(procs, consul, ECHO, "--models", model, "--svc-name", service, env=SECRET_ENV)
     wait_until(lambda: routable(wrapper, model), 10, "the good worker to be routable")
 
     dead = free_port()  # nothing listens here: a request routed to a bad entry would fail
@@ -187,7 +187,7 @@ def test_malformed_registrations_are_skipped_and_the_watch_goes_on(procs, consul
     assert served(good) == 20
 
     later_model = unique_model()
-    later = start_worker(procs, consul, ECHO, "--models", later_model, "--svc-name", service)
+    later = start_worker(procs, consul, ECHO, "--models", later_model, "--svc-name", service, env=SECRET_ENV)
     wait_until(lambda: routable(wrapper, later_model), 10, "a worker registered after the bad entries")
     assert chat(wrapper, later_model)[0] == 200 and served(later) == 1
     for name in bad:  # that update read every bad entry again, and warned no more
@@ -199,7 +199,7 @@ def test_a_stale_registration_on_a_port_another_worker_took_goes_critical(procs,
     tag = uuid.uuid4().hex[:8]
     wrapper = wrapper_with(procs, consul, tmp_path, "wrapper: {}\n")
     current_service = f"current-{tag}"
-    current = start_worker(procs, consul, ECHO, "--models", unique_model(), "--svc-name", current_service)
+    current = start_worker(procs, consul, ECHO, "--models", unique_model(), "--svc-name", current_service, env=SECRET_ENV)
 
     # what a worker that died without deregistering leaves behind, on the port `current` now holds
     stale_service, stale_model = f"gone-{tag}", unique_model("stale")

@@ -10,6 +10,12 @@ import openai
 
 from tests.support.procs import Consul, Proc, Procs, free_port, get_json, python_script, wait_until
 
+# for tests that read what /health shows only to a caller with the worker secret (pid, models, served):
+# start the worker(s) and wrapper with `env=SECRET_ENV`, send `INSIDER` with GET /health
+TEST_SECRET = "e2e-worker-secret-0123"
+SECRET_ENV = {"WORKER_SECRET": TEST_SECRET}
+INSIDER = {"X-Worker-Secret": TEST_SECRET}
+
 
 @dataclass
 class Server:
