@@ -79,8 +79,30 @@ class LimitSettings(_Section):
     """What a request may ask for; the wrapper and every worker enforce the same limits."""
 
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    max_embedding_inputs: int = Field(2048, ge=1)
+    max_embedding_inputs: int = Field(2048, ge=1)  # OpenAI's own maximum
     max_n: int = Field(128, ge=1)  # OpenAI's own maximum
+    max_messages: int = Field(10_000, ge=1)  # OpenAI states none
+    max_prompts: int = Field(2048, ge=1)  # a completion's prompt array; OpenAI states none
+    # arrays and objects in one body, counted on the raw bytes before parsing: parsed, a 4 MiB body of
+    # empty arrays would take ~150 MiB
+    max_json_containers: int = Field(100_000, ge=100)
+
+
+class RetrySettings(_Section):
+    """When a failed attempt is tried again (on another instance if there is one)."""
+
+    budget: float = Field(0.2, ge=0)  # retries may add this share of the requests of the last 10 s...
+    min_per_second: float = Field(10.0, ge=0)  # ...plus this many a second, so a quiet wrapper still retries
+    backoff_min: float = Field(0.01, ge=0)  # seconds, jittered, before trying the same instance again
+    backoff_max: float = Field(0.05, ge=0)
+    safe: bool = True  # retry failures where the worker cannot have started the work
+    after_send: bool = True  # retry failures after the request was sent (the work may be done twice)
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> RetrySettings:
+        if self.backoff_min > self.backoff_max:
+            raise ValueError("backoff_min must not exceed backoff_max")
+        return self
 
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -91,6 +113,8 @@ class WrapperSettings(_Section):
     max_attempts: int = Field(3, ge=1, le=10)
     cooldown: float = Field(5.0, ge=0)
     timeouts: TimeoutSettings = TimeoutSettings()
+    retries: RetrySettings = RetrySettings()
+    max_answer_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # a worker's JSON answer; larger is a 502
     max_connections: int = Field(1000, ge=1)
     api_keys: list[ApiKey] = []
     api_keys_file: str | None = None

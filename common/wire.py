@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -58,11 +59,51 @@ def sse_error_event(exc: BaseException) -> bytes:
     return b"data: " + error_json(exc) + b"\n\n"
 
 
+_KEEPALIVE_START = frozenset(b":\r\n")
+
+
+def sse_comments_only(chunk: bytes) -> bool:
+    """True if `chunk` holds only SSE comment lines (`: ping`) and blank lines: a keep-alive, no event."""
+    if chunk[0] not in _KEEPALIVE_START:
+        return False  # the usual chunk, an event: decided on its first byte
+    return all(not line or line[0] == 58 for line in chunk.splitlines())  # 58: ":"
+
+
+def error_code(raw: bytes) -> str | None:
+    """The `code` of an OpenAI error body, or None if `raw` is not one."""
+    try:
+        error = orjson.loads(raw).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
 # ---- requests -------------------------------------------------------------------------------
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _containers(raw: bytes) -> int:
+    """At least the arrays and objects in a JSON text: its `[` and `{`, counting those inside strings."""
+    return raw.count(b"[") + raw.count(b"{")
+
+
+def _too_many_containers(raw: bytes, limit: int) -> bool:
+    if _containers(raw) <= limit:
+        return False  # the usual case: two byte counts
+    return _containers(_JSON_STRING.sub(b"", raw)) > limit  # brackets inside strings do not count
+
+
+def parse_body(raw: bytes, limits: LimitSettings) -> dict[str, Any]:
+    """The body as a dict. Arrays and objects beyond `limits.max_json_containers` are refused before the
+    parse: parsed, each costs ~70 bytes, so 4 MiB of `[]` would take ~150 MiB. Nesting deeper than 1024 is
+    the parser's own limit (invalid_json)."""
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
+    if _too_many_containers(raw, limits.max_json_containers):
+        raise InvalidRequest(f"The request body holds more than {limits.max_json_containers} arrays and objects.",
+                             code="too_many_elements")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -321,7 +362,20 @@ def check_fields(body: dict[str, Any], capability: Capability, limits: LimitSett
     n = body.get("n")
     if n is not None and _is_int(n) and n > limits.max_n:
         raise InvalidRequest(f"'n' may be at most {limits.max_n}.", param="n", code="invalid_value")
-    inputs = body.get("input")
-    cap = limits.max_embedding_inputs
-    if isinstance(inputs, list) and not _tokens_ok(inputs) and len(inputs) > cap:
-        raise InvalidRequest(f"'input' may hold at most {cap} items.", param="input", code="invalid_value")
+    for name, cap in _item_caps(capability, limits):
+        items = body.get(name)
+        # one token array is one input, however long
+        if isinstance(items, list) and len(items) > cap and not _tokens_ok(items):
+            raise InvalidRequest(f"'{name}' may hold at most {cap} items.", param=name, code="invalid_value")
+
+
+MAX_FUNCTIONS = 128  # OpenAI's spec: the deprecated `functions`' maxItems (`tools` has none)
+
+
+def _item_caps(capability: Capability, limits: LimitSettings) -> tuple[tuple[str, int], ...]:
+    """The array fields whose length is capped, with their caps."""
+    if capability is Capability.CHAT:
+        return ("messages", limits.max_messages), ("functions", MAX_FUNCTIONS)
+    if capability is Capability.COMPLETION:
+        return (("prompt", limits.max_prompts),)
+    return (("input", limits.max_embedding_inputs),)

@@ -65,7 +65,7 @@ class Worker:
     async def _parse(self, request: Request, capability: Capability) -> tuple[dict[str, Any], str, bytes]:
         self._authorize(request)
         raw = await read_body(request, self.settings.limits.max_body_bytes)
-        body = wire.parse_body(raw)
+        body = wire.parse_body(raw, self.settings.limits)
         model = wire.require_routing_fields(body, capability)
         wire.check_fields(body, capability, self.settings.limits)
         if model not in self.models:

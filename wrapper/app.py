@@ -70,13 +70,10 @@ class Wrapper:
         request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
         key = self.keys.authenticate(request.headers.get("authorization"))
         raw = await read_body(request, self.settings.limits.max_body_bytes)
-        body = wire.parse_body(raw)
-        model = wire.require_routing_fields(body, capability)
-        wire.check_fields(body, capability, self.settings.limits)
+        model, stream = self._admit(raw, capability)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         headers = {"X-Request-ID": request_id}
-        stream = wire.is_stream(body)
         try:
             attempt = await unless_disconnected(
                 request, self.hop.open(model, wire.PATHS[capability], raw, request_id, whole=not stream))
@@ -91,6 +88,14 @@ class Wrapper:
         content = attempt.content if attempt.content is not None else await self.hop.read(attempt)
         attempt.close()
         return Response(content, status_code=attempt.status, media_type=JSON, headers=headers)
+
+    def _admit(self, raw: bytes, capability: Capability) -> tuple[str, bool]:
+        """Check the body; return its model and stream flag. The parsed body is dropped on return, so it
+        is not held while the worker works (only `raw` is sent on)."""
+        body = wire.parse_body(raw, self.settings.limits)
+        model = wire.require_routing_fields(body, capability)
+        wire.check_fields(body, capability, self.settings.limits)
+        return model, wire.is_stream(body)
 
     async def models(self, request: Request) -> Response:
         key = self.keys.authenticate(request.headers.get("authorization"))

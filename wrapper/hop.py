@@ -3,18 +3,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncGenerator
 
 import aiohttp
 
 from common.errors import BadGateway, GatewayTimeout, OpenAIError, Unavailable, model_not_found
 from common.settings import TimeoutSettings, WrapperSettings
-from common.wire import sse_error_event
+from common.wire import error_code, sse_comments_only, sse_error_event
 from svc_mgr import Instance, RoutingTable
+
+from .retry_budget import RetryBudget
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({429, 502, 503})
+# Answers that fail an attempt over. 429 and 503 come before the worker started the work (its queue is
+# full, it is draining), and so does a stale instance's 404: retrying them is safe. A 502 may come after
+# (a proxy's upstream failed half-way).
+SAFE_RETRY_STATUSES = frozenset({429, 503})
+RETRY_STATUSES = SAFE_RETRY_STATUSES | {502}
+STALE_CODE = "model_not_found"  # a 404 with it: the registration is stale (the port now serves others)
+# Failures before the request reached the worker: retrying them cannot do the work twice.
+NOTHING_SENT_CODES = frozenset({"worker_unreachable", "connect_timeout"})
 _CONNECT_FAILURES = (aiohttp.ClientConnectionError, OSError)
 
 
@@ -65,6 +75,8 @@ class Hop:
         self.table = table
         self.settings = settings
         self.timeouts: TimeoutSettings = settings.timeouts
+        self.retries = settings.retries
+        self.budget = RetryBudget(self.retries.budget, self.retries.min_per_second)
         self._base_headers = {"Content-Type": "application/json"}
         if worker_secret:
             self._base_headers["X-Worker-Secret"] = worker_secret
@@ -96,17 +108,24 @@ class Hop:
 
     async def open(self, model: str, path: str, body: bytes, request_id: str, *, whole: bool) -> Attempt:
         """Send to a healthy instance and wait for its headers (and, if `whole`, its whole body), failing
-        over on connection errors, resets, timeouts and 429/502/503, within the attempt limit and the
-        overall deadline. A stream is never retried once its first byte was relayed: that is the caller's
-        part, which starts only after this returns."""
+        over on connection errors, resets, timeouts, 429/502/503 and a stale instance's 404, within the
+        attempt limit, the retry budget and the overall deadline. A stream is never retried once its
+        first byte was relayed: that is the caller's part, which starts only after this returns."""
         assert self._session is not None, "Hop.start() was not called"
         deadline = asyncio.get_running_loop().time() + self.timeouts.total
+        self.budget.request()
         tried: list[Instance] = []
         last: OpenAIError | Attempt | None = None
+        safe = True  # whether `last` failed before the worker could start the work
         for _ in range(self.settings.max_attempts):
             inst = self.table.pick(model, exclude=tried) or (self.table.pick(model) if tried else None)
             if inst is None or self._remaining(deadline, 1) <= 0:
                 break
+            if tried:
+                if not self._may_retry(safe):
+                    break
+                if inst in tried:  # the only instance left: give it a moment
+                    await self._backoff(deadline)
             tried.append(inst)
             attempt = Attempt(inst, deadline, request_id)
             try:
@@ -114,18 +133,19 @@ class Hop:
             except OpenAIError as exc:
                 attempt.close()
                 self.table.cool_down(inst)
-                log.warning("request %s: worker %s failed (%s); %s", request_id, inst.id, exc.code,
-                            "trying another" if len(tried) < self.settings.max_attempts else "giving up")
-                last = exc
+                log.warning("request %s: worker %s failed (%s)", request_id, inst.id, exc.code)
+                if isinstance(last, Attempt):
+                    last.close()
+                last, safe = exc, exc.code in NOTHING_SENT_CODES
                 continue
             except BaseException:
                 attempt.close()
                 raise
-            if attempt.status in RETRY_STATUSES:
+            if self._refused(attempt):
                 self.table.cool_down(inst)
                 if isinstance(last, Attempt):
                     last.close()
-                last = attempt
+                last, safe = attempt, attempt.status in SAFE_RETRY_STATUSES or attempt.status == 404
                 continue
             if isinstance(last, Attempt):
                 last.close()
@@ -138,6 +158,27 @@ class Hop:
             raise Unavailable(f"No healthy worker serves '{model}' right now.", code="no_healthy_worker",
                               headers={"Retry-After": "1"})
         raise model_not_found(model)
+
+    def _may_retry(self, safe: bool) -> bool:
+        """Whether a failure of this kind may be retried, taking the retry from the budget if so."""
+        allowed = self.retries.safe if safe else self.retries.after_send
+        return allowed and self.budget.try_retry()
+
+    async def _backoff(self, deadline: float) -> None:
+        """A short jittered pause, so retries of many requests do not hit one instance in lockstep."""
+        delay = random.uniform(self.retries.backoff_min, self.retries.backoff_max)
+        await asyncio.sleep(self._remaining(deadline, delay))
+
+    @staticmethod
+    def _refused(attempt: Attempt) -> bool:
+        """An answer that fails the attempt over: busy, failing, or not (any longer) serving the model."""
+        if attempt.status == 404:
+            stale = attempt.content is not None and error_code(attempt.content) == STALE_CODE
+            if stale:
+                log.warning("request %s: worker %s does not serve the model (stale registration?)",
+                            attempt.request_id, attempt.instance.id)
+            return stale
+        return attempt.status in RETRY_STATUSES
 
     async def _send(self, attempt: Attempt, path: str, body: bytes, request_id: str, whole: bool) -> None:
         assert self._session is not None
@@ -152,20 +193,43 @@ class Hop:
         except TimeoutError:
             raise GatewayTimeout("The worker sent nothing within the first-byte timeout.",
                                  code="first_byte_timeout") from None
-        except _CONNECT_FAILURES:
+        except aiohttp.ClientConnectorError:  # refused, unroutable: nothing was sent
             raise BadGateway("The worker could not be reached.", code="worker_unreachable") from None
-        if whole:
+        except _CONNECT_FAILURES:  # reset or closed once connected: the worker may have read the request
+            raise BadGateway("The worker closed the connection without answering.", code="worker_failed") from None
+        if whole or attempt.status == 404:  # a 404's body tells a stale instance from other 404s
             attempt.content = await self._read_body(attempt)
 
     async def _read_body(self, attempt: Attempt) -> bytes:
-        assert attempt.response is not None
+        """The whole answer, read within the idle timeout and never more than `max_answer_bytes` of it."""
+        response = attempt.response
+        assert response is not None
+        cap = self.settings.max_answer_bytes
+        if response.content_length is not None and response.content_length > cap:
+            raise self._too_large(cap)
         try:
             async with asyncio.timeout(self._remaining(attempt.deadline, self.timeouts.idle)):
-                return await attempt.response.read()
+                if response.content_length is not None:
+                    return await response.read()  # aiohttp reads no more than the length
+                return await self._read_capped(response.content, cap)
         except TimeoutError:
             raise GatewayTimeout("The worker stopped sending its answer.", code="idle_timeout") from None
         except _CONNECT_FAILURES + (aiohttp.ClientPayloadError,):
             raise BadGateway("The worker failed while sending its answer.", code="worker_failed") from None
+
+    async def _read_capped(self, content: aiohttp.StreamReader, cap: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large(cap)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _too_large(cap: int) -> OpenAIError:
+        return BadGateway(f"The worker's answer is larger than {cap} bytes.", code="answer_too_large")
 
     async def read(self, attempt: Attempt) -> bytes:
         """The whole body of an answer that was not read inside its attempt (a stream request's error)."""
@@ -179,13 +243,18 @@ class Hop:
         with one OpenAI error event and no [DONE], so the client can tell the answer is truncated."""
         assert attempt.response is not None
         content = attempt.response.content
+        loop = asyncio.get_running_loop()
+        idle = self.timeouts.idle
         tail = b"\n\n"
+        progress_by = loop.time() + idle  # comment-only chunks (keep-alive pings) do not move this
         try:
             while True:
-                async with asyncio.timeout(self._remaining(attempt.deadline, self.timeouts.idle)):
+                async with asyncio.timeout_at(min(progress_by, attempt.deadline)):
                     chunk = await content.readany()
                 if not chunk:
                     return
+                if not sse_comments_only(chunk):
+                    progress_by = loop.time() + idle
                 tail = chunk[-2:]
                 yield chunk
         except TimeoutError:

@@ -77,6 +77,13 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def memory_kib(self, field: str = "VmRSS") -> int:
+        """A memory figure of the process from /proc (VmRSS: resident now; VmHWM: the peak so far), in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"/proc/{self.pid}/status has no {field}")
+
     def signal(self, sig: int) -> None:
         if self.alive():
             self.popen.send_signal(sig)

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import openai
 
+from svc_mgr.entry import model_tags
 from tests.support.procs import Consul, Proc, Procs, free_port, get_json, python_script, wait_until
 
 # for tests that read what /health shows only to a caller with the worker secret (pid, models, served):
@@ -74,3 +78,36 @@ def sdk_client(wrapper: Server, model: str, timeout: float = 60) -> Iterator[ope
 
 def unique_model(prefix: str = "echo") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def start_fake_worker(procs: Procs, mode: str, *args: str) -> Server:
+    """A misbehaving worker (tests/support/fake_worker.py), not yet registered: see `registered`."""
+    port = free_port()
+    proc = procs.start(f"fake-{mode}-{port}", [sys.executable, "-m", "tests.support.fake_worker", str(port), mode,
+                                              *args])
+    server = Server(proc, port)
+    wait_until(lambda: get_json(server.url + "/hits")[0] == 200, 20, f"fake worker on {port}\n{proc.output()}")
+    return server
+
+
+def hits(server: Server) -> int:
+    return get_json(server.url + "/hits")[1]["hits"]
+
+
+@contextlib.contextmanager
+def registered(consul: Consul, name: str, port: int, model: str) -> Iterator[str]:
+    """An instance of `model` at 127.0.0.1:`port`, registered by hand through Consul's HTTP API (no health
+    check, so passing) as a worker would register it; deregistered on the way out."""
+    service_id = f"{name}-127.0.0.1-{port}"
+    entry = {"Name": name, "ID": service_id, "Address": "127.0.0.1", "Port": port, "Tags": model_tags([model])}
+    _consul_put(consul, "register", json.dumps(entry).encode())
+    try:
+        yield service_id
+    finally:
+        _consul_put(consul, f"deregister/{service_id}", b"")
+
+
+def _consul_put(consul: Consul, path: str, data: bytes) -> None:
+    request = urllib.request.Request(f"http://{consul.addr}/v1/agent/service/{path}", data=data, method="PUT")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200

@@ -66,3 +66,18 @@ def test_consul_client_uses_the_address_as_consul_parses_it(tmp_path, monkeypatc
     monkeypatch.setenv("CONSUL_HTTP_ADDR", "https://consul.example")
     settings = load_settings(write(tmp_path, ""))
     assert connect(settings.consul).http.base_uri == "https://consul.example:443"
+
+
+def test_a_backoff_range_upside_down_names_the_section(tmp_path):
+    path = write(tmp_path, "wrapper:\n  retries:\n    backoff_min: 0.5\n    backoff_max: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, environ={})
+    assert str(path) in str(err.value) and "wrapper.retries" in str(err.value) and "backoff_min" in str(err.value)
+
+
+def test_the_hardening_settings_load_from_a_file(tmp_path):
+    path = write(tmp_path, "wrapper:\n  max_answer_bytes: 2048\n  retries:\n    budget: 0\n    after_send: false\n"
+                           "limits:\n  max_json_containers: 500\n")
+    s = load_settings(path, environ={})
+    assert (s.wrapper.max_answer_bytes, s.wrapper.retries.budget, s.wrapper.retries.after_send) == (2048, 0, False)
+    assert s.limits.max_json_containers == 500

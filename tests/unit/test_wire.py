@@ -18,8 +18,10 @@ from common.wire import (
     check_fields,
     embedding_inputs,
     encode_vector,
+    error_code,
     parse_body,
     require_routing_fields,
+    sse_comments_only,
     sse_error_event,
     sse_event,
 )
@@ -45,11 +47,30 @@ def refused(call, *args) -> InvalidRequest:
 
 @pytest.mark.parametrize("raw", [b"", b"{not json", b"[1, 2]", b'"a string"', b"null", b"\xff\xfe"])
 def test_parse_body_refuses_what_is_not_a_json_object(raw):
-    assert refused(parse_body, raw).code == "invalid_json"
+    assert refused(parse_body, raw, LIMITS).code == "invalid_json"
 
 
 def test_parse_body_returns_the_object():
-    assert parse_body(b'{"model": "m", "n": 1.0}') == {"model": "m", "n": 1.0}
+    assert parse_body(b'{"model": "m", "n": 1.0}', LIMITS) == {"model": "m", "n": 1.0}
+
+
+def test_parse_body_refuses_too_many_arrays_and_objects_before_parsing():
+    limits = LimitSettings(max_json_containers=100)
+    at_limit = b'{"model": "m", "x": [' + b",".join([b"[]"] * 97) + b'], "y": {}}'  # 100 with the body
+    assert len(parse_body(at_limit, limits)["x"]) == 97
+    over = b'{"model": "m", "x": [' + b",".join([b"[]"] * 98) + b'], "y": {}}'
+    assert refused(parse_body, over, limits).code == "too_many_elements"
+
+
+def test_brackets_inside_strings_are_not_counted():
+    text = '[{"a": "b"}] \\" {[ \"' * 100  # brackets, escaped quotes and backslashes inside one string
+    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
+    assert parse_body(raw, LimitSettings(max_json_containers=100))["messages"][0]["content"] == text
+
+
+def test_nesting_beyond_the_parsers_limit_is_invalid_json():
+    raw = b'{"x": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    assert refused(parse_body, raw, LIMITS).code == "invalid_json"
 
 
 # ---- require_routing_fields ------------------------------------------------------------------------
@@ -166,11 +187,50 @@ def test_the_configured_limits_are_enforced():
     assert err.param == "input"
 
 
+def test_array_lengths_are_capped():
+    limits = LimitSettings(max_messages=2, max_prompts=2)
+    check_fields({**BASE[Capability.CHAT], "messages": MESSAGES * 2}, Capability.CHAT, limits)
+    assert refused(check_fields, {**BASE[Capability.CHAT], "messages": MESSAGES * 3}, Capability.CHAT,
+                   limits).param == "messages"
+    check_fields({**BASE[Capability.COMPLETION], "prompt": ["a", "b"]}, Capability.COMPLETION, limits)
+    check_fields({**BASE[Capability.COMPLETION], "prompt": [1, 2, 3]}, Capability.COMPLETION, limits)  # one prompt
+    assert refused(check_fields, {**BASE[Capability.COMPLETION], "prompt": ["a", "b", "c"]}, Capability.COMPLETION,
+                   limits).param == "prompt"
+    functions = [{"name": f"f{i}"} for i in range(129)]  # the spec's maxItems is 128
+    assert refused(check_fields, {**BASE[Capability.CHAT], "functions": functions}, Capability.CHAT,
+                   limits).param == "functions"
+
+
 def test_unknown_fields_pass_untouched():
     body = {**BASE[Capability.CHAT], "new_field": [1], "temperature": 1}
     before = dict(body)
     check_fields(body, Capability.CHAT, LIMITS)
     assert body == before
+
+
+# ---- SSE keep-alives and worker error bodies -----------------------------------------------------
+
+@pytest.mark.parametrize("chunk, comments_only", [
+    (b": ping\n\n", True),
+    (b": ping - 2025-01-01 00:00:00\r\n\r\n: again\n\n", True),
+    (b"\n", True),
+    (b'data: {"a": 1}\n\n', False),
+    (b': ping\n\ndata: {"a": 1}\n\n', False),  # an event after a ping is progress
+    (b"event: x\n\n", False),
+])
+def test_sse_comments_only(chunk, comments_only):
+    assert sse_comments_only(chunk) is comments_only
+
+
+@pytest.mark.parametrize("raw, code", [
+    (b'{"error": {"message": "m", "type": "t", "param": "model", "code": "model_not_found"}}', "model_not_found"),
+    (b'{"error": {"message": "m", "code": null}}', None),
+    (b'{"detail": "Not Found"}', None),
+    (b"[1]", None),
+    (b"not json", None),
+])
+def test_error_code(raw, code):
+    assert error_code(raw) == code
 
 
 # ---- embedding_inputs ----------------------------------------------------------------------------
