@@ -131,6 +131,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _headers_timed_out(self) -> None:
         self._read_timer = None
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            # a pipelined request behind an answer still under way: uvicorn reads no more until it is done
+            self._arm(self.limits.header_timeout, self._headers_timed_out)
+            return
         if not self._in_headers:
             self._close()  # nothing of a request came: an idle connection, closed without a word
             return

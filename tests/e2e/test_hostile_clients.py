@@ -185,7 +185,7 @@ def test_a_client_that_hangs_up_mid_body_leaves_no_traceback(servers):
 
 def test_connections_over_the_limit_get_503_and_the_server_recovers(procs, consul, tmp_path):
     config = tmp_path / "env.yaml"
-    config.write_text("limits:\n  max_connections: 3\n")
+    config.write_text("limits:\n  max_connections: 3\n  header_timeout: 60\n")  # the idle ones stay
     wrapper = start_wrapper(procs, consul, "--config", str(config))
     idle = [connect(wrapper, timeout=10) for _ in range(2)]
     assert get_json(wrapper.url + "/health")[0] == 200  # 2 idle + this one: within the limit

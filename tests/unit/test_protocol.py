@@ -50,6 +50,8 @@ class FakeTransport(asyncio.Transport):
 
 
 async def body_size(scope, receive, send) -> None:
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.3)
     size, more = 0, True
     while more:
         message = await receive()
@@ -150,6 +152,17 @@ def test_half_headers_get_408_and_silence_a_plain_close():
     assert statuses(transport) == [408] and transport.closing
     transport = asyncio.run(run(b""))
     assert transport.written == b"" and transport.closing
+
+
+def test_an_answer_under_way_is_not_cut_by_the_next_requests_header_deadline():
+    async def run() -> FakeTransport:
+        protocol, transport = connection(header_timeout=0.05)
+        protocol.data_received(b"GET /slow HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nX-Half")
+        await asyncio.sleep(0.6)
+        return transport
+
+    transport = asyncio.run(run())
+    assert statuses(transport) == [200, 408] and transport.closing
 
 
 def test_invalid_http_is_an_openai_shaped_400_with_a_request_id():
