@@ -65,6 +65,10 @@ def request_id(request: Request) -> str:
     return request.scope.get(_REQUEST_ID_KEY, "-")
 
 
+def scope_request_id(scope: Mapping[str, Any]) -> str:
+    return scope.get(_REQUEST_ID_KEY, "-")
+
+
 def _with_request_id(send: Send, value: bytes) -> Send:
     header = (REQUEST_ID, value)
 

@@ -13,7 +13,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import InvalidRequest, OpenAIError, Unavailable, error_json
-from .http import JSON, REQUEST_ID, assign_request_id, error_response, new_request_id
+from .http import JSON, REQUEST_ID, assign_request_id, error_response, new_request_id, scope_request_id
 from .settings import LimitSettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_room: int | None = self.limits.max_header_bytes
         self._in_headers = False
+        self._body_in_read = 0  # body bytes httptools found in the read being fed
+        self._framing_run = 0  # non-body bytes of the body's reads since one held mostly body
         self._read_timer: asyncio.TimerHandle | None = None
         self._rejected = False
         self._dropped = 0  # bytes read and dropped after a rejection
@@ -77,7 +79,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             data = data[room:]  # the headers ended within the room: the rest is body or the next request
         if room is not None:
             self._header_room = room - len(data)
+            super().data_received(data)
+            return
+        self._body_in_read = 0
         super().data_received(data)
+        if self._header_room is None:  # still in the body
+            self._count_framing(len(data) - self._body_in_read)
+
+    def _count_framing(self, framing: int) -> None:
+        """Chunk framing and trailers are headers in all but name, and httptools joins a trailer's pieces
+        as it does a header's: cut the connection once reads that hold more of them than body bytes add
+        up to more than the header cap. Real chunks are mostly body; a trailer is small."""
+        self._framing_run = 0 if self._body_in_read >= framing else self._framing_run + framing
+        if self._framing_run > self.limits.max_header_bytes:
+            log.warning("request %s: chunk framing or trailers over %d bytes; connection closed",
+                        scope_request_id(self.cycle.scope), self.limits.max_header_bytes)
+            self._rejected = True
+            self._close()
 
     # ---- parser callbacks ----------------------------------------------------------------------------
 
@@ -92,6 +110,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._body_in_read += len(body)
         super().on_body(body)
         if self.cycle.response_complete:  # the rest of a body answered unread: dropped, and timed
             self._arm(self.limits.body_timeout, self._close)
@@ -99,6 +118,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         self._header_room = self.limits.max_header_bytes
+        self._framing_run = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

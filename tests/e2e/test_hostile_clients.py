@@ -64,6 +64,13 @@ def head(path: str = "/health", method: str = "GET", extra: str = "") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: test\r\n{extra}".encode()
 
 
+def chat_head(side: str, length: int | None, extra: str = "") -> bytes:
+    """A chat request's head, with a Content-Length, or chunked if `length` is None."""
+    auth = f"Authorization: Bearer {KEY}\r\n" if side == "wrapper" else ""
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return head("/v1/chat/completions", "POST", f"{auth}Content-Type: application/json\r\n{framing}\r\n{extra}\r\n")
+
+
 def rss_peak_kib(server: Server) -> int:
     status = open(f"/proc/{server.proc.pid}/status").read()  # noqa: SIM115
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
@@ -91,14 +98,22 @@ def test_headers_over_the_cap_get_431_and_under_it_are_served(servers, side, whe
         assert answer_of(sock)[0] == 200
 
 
-def test_a_flood_of_header_bytes_is_cut_off_without_buffering_it(servers):
+FLOOD_START = {
+    "header": head(extra="X-Request-ID: "),
+    # a chunked body's trailer is a header too, and httptools joins its pieces the same way
+    "trailer": chat_head("wrapper", None) + b"2\r\n{}\r\n0\r\nX-Trailer: ",
+}
+
+
+@pytest.mark.parametrize("where", ["header", "trailer"])
+def test_a_flood_of_header_bytes_is_cut_off_without_buffering_it(servers, where):
     """64 MiB in one header once cost seconds of CPU and 128 MiB: httptools joins a header's pieces over
-    and over. Now the connection is cut after the cap and a short linger, and the peak RSS stays put."""
+    and over. Now the connection is cut after the cap, and the peak RSS stays put."""
     wrapper = servers["wrapper"]
     before = rss_peak_kib(wrapper)
     piece = b"a" * (256 * 1024)
     with connect(wrapper, timeout=30) as sock:
-        sock.sendall(head(extra="X-Request-ID: "))
+        sock.sendall(FLOOD_START[where])
         try:
             for _ in range(32 * 1024 * 1024 // len(piece)):  # 32 MiB
                 sock.sendall(piece)
@@ -140,12 +155,6 @@ def test_headers_trickled_byte_by_byte_still_meet_the_deadline(servers):
 
 
 # ---- bodies ------------------------------------------------------------------------------------------
-
-def chat_head(side: str, length: int, extra: str = "") -> bytes:
-    auth = f"Authorization: Bearer {KEY}\r\n" if side == "wrapper" else ""
-    return head("/v1/chat/completions", "POST",
-                f"{auth}Content-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n")
-
 
 @pytest.mark.parametrize("side", ["wrapper", "worker"])
 def test_a_body_that_stalls_gets_408_and_the_connection_closed(servers, side):

@@ -20,6 +20,7 @@ CAP = 1024
 class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
+        self.protocol: asyncio.Protocol | None = None  # told of the close, as a real transport does
         self.written = bytearray()
         self.closing = False
         self.eof = False
@@ -28,6 +29,8 @@ class FakeTransport(asyncio.Transport):
         self.written += data
 
     def close(self) -> None:
+        if not self.closing and self.protocol is not None:
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
         self.closing = True
 
     def is_closing(self) -> bool:
@@ -68,6 +71,7 @@ def connection(**limits):
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = FakeTransport()
+    transport.protocol = protocol
     protocol.connection_made(transport)
     return protocol, transport
 
@@ -138,6 +142,43 @@ def test_what_follows_a_rejection_is_dropped_not_parsed():
         return transport
 
     assert asyncio.run(run()).closing
+
+
+def chunked(body: bytes, size: int, trailer: bytes = b"") -> bytes:
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+    return b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + framed + b"0\r\n" + trailer + b"\r\n"
+
+
+@pytest.mark.parametrize("size, piece", [(20, 100_000), (20, 999), (4096, 3000)])
+def test_chunked_bodies_and_a_small_trailer_are_served(size, piece):
+    async def run() -> FakeTransport:
+        protocol, transport = connection()
+        data = chunked(b"x" * 60_000, size, b"X-Checksum: abc\r\n")
+        for i in range(0, len(data), piece):
+            protocol.data_received(data[i:i + piece])
+        await settle()
+        return transport
+
+    transport = asyncio.run(run())
+    assert statuses(transport) == [200] and bytes(transport.written).endswith(b"60000")
+
+
+def test_a_trailer_over_the_cap_closes_the_connection():
+    async def run() -> FakeTransport:
+        protocol, transport = connection()
+        data = chunked(b"x" * 100, 100)[:-2] + b"X-Trailer: "
+        protocol.data_received(data)
+        for _ in range(8):
+            protocol.data_received(b"a" * 100)
+        assert not transport.closing  # under the cap so far
+        for _ in range(10):
+            protocol.data_received(b"a" * 100)
+        await settle()
+        return transport
+
+    transport = asyncio.run(run())
+    assert transport.closing and transport.written == b""
 
 
 def test_half_headers_get_408_and_silence_a_plain_close():
