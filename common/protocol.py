@@ -1,6 +1,7 @@
 """uvicorn's httptools protocol, guarded against hostile clients before a request reaches the app: a cap
-on the request line and headers (431), a deadline for them (408), a bound on a body left unread after
-the answer, and the 503 over limits.max_connections in OpenAI's shape. Parsing stays httptools'; this
+on the request line and headers (431) and on a chunked body's framing and trailers, a deadline for the
+headers (408), a bound on a body left unread after the answer, and the 503 over limits.max_connections
+in OpenAI's shape. Parsing stays httptools'; this
 only counts bytes and keeps one timer per connection (see docs/reliability.md)."""
 from __future__ import annotations
 
