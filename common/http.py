@@ -1,10 +1,12 @@
-"""The HTTP glue both apps share: the FastAPI app with its direct hot routes, OpenAI-shaped error
-responses, bounded bodies, the client-disconnect watch and the one SSE writer."""
+"""The HTTP glue both apps share: the FastAPI app with its direct hot routes, request ids, OpenAI-shaped
+error responses, bounded bodies, the client-disconnect watch and the one SSE writer."""
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+import os
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -14,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import wire
 from .errors import InvalidRequest, OpenAIError, error_json, to_openai_error
@@ -36,6 +38,54 @@ def presents_secret(request: Request, secret: bytes | None) -> bool:
 
 class ClientGone(Exception):
     pass
+
+
+# ---- request ids -----------------------------------------------------------------------------------
+
+REQUEST_ID = b"x-request-id"
+_REQUEST_ID_KEY = "request_id"  # where the id in use is kept in the ASGI scope
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")  # what may reach logs, headers and workers
+
+
+def new_request_id() -> str:
+    return os.urandom(8).hex()
+
+
+def assign_request_id(scope: Scope) -> bytes:
+    """The request's id: the client's X-Request-ID if short and made of safe characters, else a new one,
+    which then replaces the client's in the scope's headers, so whatever reads the header sees the id in
+    use. Kept in the scope for `request_id`; returned as the header value."""
+    headers = scope["headers"]
+    for name, value in headers:
+        if name == REQUEST_ID:
+            if _SAFE_REQUEST_ID.fullmatch(value):
+                scope[_REQUEST_ID_KEY] = value.decode("ascii")
+                return value
+            break
+    request_id = new_request_id()
+    scope["headers"] = [h for h in headers if h[0] != REQUEST_ID] + [(REQUEST_ID, request_id.encode())]
+    scope[_REQUEST_ID_KEY] = request_id
+    return request_id.encode()
+
+
+def request_id(request: Request) -> str:
+    """The id `assign_request_id` gave this request ("-" in an app served without DirectRoutes)."""
+    return request.scope.get(_REQUEST_ID_KEY, "-")
+
+
+def scope_request_id(scope: Mapping[str, Any]) -> str:
+    return scope.get(_REQUEST_ID_KEY, "-")
+
+
+def _with_request_id(send: Send, value: bytes) -> Send:
+    header = (REQUEST_ID, value)
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), header]
+        await send(message)
+
+    return send_with_id
 
 
 WATCH_AFTER = 0.05  # seconds; quicker answers never pay for a watcher task
@@ -121,10 +171,18 @@ def error_response(exc: OpenAIError) -> Response:
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
-    """Every failure an app meets, as an OpenAI-shaped response; unexpected ones are logged first."""
+    """Every failure an app meets, as an OpenAI-shaped response, logged with the request id: unexpected
+    ones with their traceback, the server's own failures (5xx) and timeouts as warnings, a client's other
+    mistakes at DEBUG (a warning per bad request would let any client flood the log)."""
+    if isinstance(exc, ClientGone):
+        log.debug("request %s: the client went away", request_id(request))
+        return Response(status_code=CLIENT_CLOSED)
     error = to_openai_error(exc, request.method, request.url.path)
     if not isinstance(exc, (OpenAIError, HTTPException, RequestValidationError)):
-        log.error("request %s: unexpected error", request.headers.get("x-request-id", "-"), exc_info=exc)
+        log.error("request %s: unexpected error", request_id(request), exc_info=exc)
+    else:
+        level = logging.WARNING if error.status >= 500 or error.status == 408 else logging.DEBUG
+        log.log(level, "request %s: %d %s: %s", request_id(request), error.status, error.code, error.message)
     return error_response(error)
 
 
@@ -135,7 +193,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class DirectRoutes:
-    """ASGI: a few hot POST endpoints answered without the framework's middleware stack and route
+    """ASGI, in front of the app: gives every request its id (`assign_request_id`) and every response
+    its X-Request-ID; answers a few hot POST endpoints without the framework's middleware stack and route
     matching (a tenth of the wrapper's CPU per request); everything else, lifespan included, goes to
     `app`. Failures become OpenAI errors through the same handler as in the app."""
 
@@ -144,15 +203,20 @@ class DirectRoutes:
         self.endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if endpoint is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        id_value = assign_request_id(scope)
+        endpoint = self.endpoints.get(scope["path"]) if scope["method"] == "POST" else None
+        if endpoint is None:
+            await self.app(scope, receive, _with_request_id(send, id_value))
             return
         request = Request(scope, receive, send)
         try:
             response = await endpoint(request)
         except Exception as exc:
             response = await handle_error(request, exc)
+        response.raw_headers.append((REQUEST_ID, id_value))  # cheaper than wrapping `send`; a new Response each time
         await response(scope, receive, send)
 
 
@@ -175,24 +239,45 @@ DRAIN_FACTOR = 4  # an oversize body up to this many times the limit is read and
                   # client gets to read the 413 instead of a reset connection
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or a 413 for one larger than `limit` bytes, which is never held in memory."""
+async def read_body(request: Request, limit: int, *, timeout: float) -> bytes:
+    """The whole body, or a 413 for one larger than `limit` bytes, which is never held in memory, or a 408
+    (closing the connection) when the client pauses longer than `timeout` seconds between two reads. Per
+    read rather than for the whole body, as nginx's client_body_timeout: a large body on a slow link
+    still gets through, and a client that trickles holds one connection, which limits.max_connections
+    bounds. ClientGone if the client hangs up."""
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
         raise InvalidRequest("Content-Length is not a number.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            chunks.clear()
-            if size > limit * DRAIN_FACTOR:
-                break
-            continue
-        chunks.append(chunk)
+    receive = request.receive  # not request.stream(): one timer per body, moved only between reads
+    try:
+        async with asyncio.timeout(timeout) as pause:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    chunks.clear()
+                    if size > limit * DRAIN_FACTOR:
+                        break
+                elif chunk:
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+                pause.reschedule(asyncio.get_running_loop().time() + timeout)
+    except TimeoutError:
+        raise _body_timeout(timeout) from None
     if size > limit:
         raise _too_large(limit)
     return b"".join(chunks)
+
+
+def _body_timeout(timeout: float) -> OpenAIError:
+    return OpenAIError(f"The request body stopped arriving for {timeout:g} seconds.", status=408,
+                       type="invalid_request_error", code="body_timeout", headers={"Connection": "close"})
 
 
 def _too_large(limit: int) -> OpenAIError:

@@ -13,6 +13,9 @@ from typing import Any
 import uvicorn
 import uvloop
 
+from .protocol import guarded_protocol
+from .settings import LimitSettings
+
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
@@ -57,10 +60,15 @@ def run(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-def uvicorn_config(app: Any, host: str, port: int, *, drain_seconds: float = 10.0) -> uvicorn.Config:
+def uvicorn_config(app: Any, host: str, port: int, *, limits: LimitSettings,
+                   drain_seconds: float = 10.0) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, http="httptools", lifespan="on", proxy_headers=False,
+        app, host=host, port=port, http=guarded_protocol(limits), lifespan="on", proxy_headers=False,
         access_log=False, log_config=None,
+        ws="none",  # neither app speaks WebSocket: an Upgrade is not handed to a library nobody uses
+        # uvicorn answers 503 when, as a request's headers complete, its connection is the limit-th open one
+        # or `limit` requests are running: + 1 serves up to max_connections connections
+        limit_concurrency=limits.max_connections + 1,
         # longer than the wrapper's pooled keep-alive (30 s): the wrapper closes idle connections first
         timeout_keep_alive=75,
         timeout_graceful_shutdown=math.ceil(drain_seconds),  # uvicorn takes whole seconds

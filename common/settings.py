@@ -76,9 +76,13 @@ def key_digest(key: str) -> bytes:
 
 
 class LimitSettings(_Section):
-    """What a request may ask for; the wrapper and every worker enforce the same limits."""
+    """What a client may send and hold; the wrapper and every worker enforce the same limits."""
 
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers
+    header_timeout: float = Field(10.0, gt=0)  # from a connection's opening or a request's first byte
+    body_timeout: float = Field(30.0, gt=0)  # between two reads of a body
+    max_connections: int = Field(2048, ge=1)  # client connections served at once, per process
     max_embedding_inputs: int = Field(2048, ge=1)  # OpenAI's own maximum
     max_n: int = Field(128, ge=1)  # OpenAI's own maximum
     max_messages: int = Field(10_000, ge=1)  # OpenAI states none

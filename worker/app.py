@@ -23,6 +23,7 @@ from common.http import (
     openai_app,
     presents_secret,
     read_body,
+    request_id,
     unless_disconnected,
 )
 from common.settings import Settings
@@ -64,10 +65,11 @@ class Worker:
 
     async def _parse(self, request: Request, capability: Capability) -> tuple[dict[str, Any], str, bytes]:
         self._authorize(request)
-        raw = await read_body(request, self.settings.limits.max_body_bytes)
-        body = wire.parse_body(raw, self.settings.limits)
+        limits = self.settings.limits
+        raw = await read_body(request, limits.max_body_bytes, timeout=limits.body_timeout)
+        body = wire.parse_body(raw, limits)
         model = wire.require_routing_fields(body, capability)
-        wire.check_fields(body, capability, self.settings.limits)
+        wire.check_fields(body, capability, limits)
         if model not in self.models:
             raise NotFound(f"The model '{model}' does not exist on this worker.", param="model",
                            code="model_not_found")
@@ -75,7 +77,7 @@ class Worker:
             raise InvalidRequest(f"The model '{model}' does not support {capability} requests.",
                                  param="model", code="unsupported_capability")
         self.served += 1
-        log.debug("request %s: %s %s%s", request.headers.get("x-request-id", "-"), capability, model,
+        log.debug("request %s: %s %s%s", request_id(request), capability, model,
                  " stream" if wire.is_stream(body) else "")
         return body, model, raw
 
@@ -92,8 +94,7 @@ class Worker:
         if isinstance(self.generator, ProxyGenerator):
             return await self._forward(request, self.generator, capability, body, raw)
         if wire.is_stream(body):
-            events = self.answers.events(capability, body, model, request.headers.get("x-request-id", "-"),
-                                         self.limit)
+            events = self.answers.events(capability, body, model, request_id(request), self.limit)
             # a failure before the first event is still a plain HTTP error
             return SSEResponse(await _started(events))
         try:

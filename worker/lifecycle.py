@@ -31,7 +31,8 @@ async def serve_worker(worker: Worker, settings: Settings, host: str, port: int,
         await registration.deregister()
 
     try:
-        config = uvicorn_config(worker.app(), host, port, drain_seconds=settings.worker.drain_seconds)
+        config = uvicorn_config(worker.app(), host, port, limits=settings.limits,
+                                drain_seconds=settings.worker.drain_seconds)
         return await serve(config, after_start=after_start, before_stop=before_stop)
     finally:
         await registration.close()

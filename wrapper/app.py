@@ -23,6 +23,7 @@ from common.http import (
     openai_app,
     presents_secret,
     read_body,
+    request_id,
     unless_disconnected,
 )
 from common.settings import Settings, load_api_keys, secret
@@ -67,22 +68,22 @@ class Wrapper:
         return await self._route(request, Capability.EMBEDDING)
 
     async def _route(self, request: Request, capability: Capability) -> Response:
-        request_id = request.headers.get("x-request-id") or os.urandom(8).hex()
+        rid = request_id(request)
+        limits = self.settings.limits
         key = self.keys.authenticate(request.headers.get("authorization"))
-        raw = await read_body(request, self.settings.limits.max_body_bytes)
+        raw = await read_body(request, limits.max_body_bytes, timeout=limits.body_timeout)
         model, stream = self._admit(raw, capability)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
-        headers = {"X-Request-ID": request_id}
         try:
             attempt = await unless_disconnected(
-                request, self.hop.open(model, wire.PATHS[capability], raw, request_id, whole=not stream))
+                request, self.hop.open(model, wire.PATHS[capability], raw, rid, whole=not stream))
         except ClientGone:
-            log.debug("request %s: client went away; abandoned", request_id)
+            log.debug("request %s: client went away; abandoned", rid)
             return Response(status_code=CLIENT_CLOSED)
         # DEBUG, not INFO: a log line per request costs a third of the throughput (docs/performance.md)
-        log.debug("request %s: %s %s -> %s %d", request_id, capability, model, attempt.instance.id, attempt.status)
-        headers.update(attempt.headers())
+        log.debug("request %s: %s %s -> %s %d", rid, capability, model, attempt.instance.id, attempt.status)
+        headers = attempt.headers()  # DirectRoutes adds X-Request-ID
         if attempt.content is None and attempt.content_type.startswith(wire.SSE):
             return SSEResponse(self.hop.stream(attempt), attempt.status, headers, on_close=attempt.close)
         content = attempt.content if attempt.content is not None else await self.hop.read(attempt)

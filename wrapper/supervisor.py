@@ -25,7 +25,8 @@ def serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, lo
     except ConfigError as exc:
         return fail(str(exc))
     sockets = [shared_port_socket(host, port)] if share_port else None
-    return run(serve(uvicorn_config(app, host, port, drain_seconds=settings.wrapper.drain_seconds), sockets=sockets))
+    config = uvicorn_config(app, host, port, limits=settings.limits, drain_seconds=settings.wrapper.drain_seconds)
+    return run(serve(config, sockets=sockets))
 
 
 def supervise(settings: Settings, host: str, port: int, processes: int, log_level: str) -> int:

@@ -1,6 +1,8 @@
-"""common.http.read_body: bodies up to the limit are read, larger ones are a 413, in process (a tiny Starlette
+"""common.http.read_body: bodies up to the limit are read, larger ones are a 413, a stalled one a 408, in process (a tiny Starlette
 app with the apps' own error handlers, called with Starlette's TestClient)."""
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from starlette.applications import Starlette
@@ -9,13 +11,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from common.http import DRAIN_FACTOR, EXCEPTION_HANDLERS, read_body
+from common.errors import OpenAIError
+from common.http import DRAIN_FACTOR, EXCEPTION_HANDLERS, ClientGone, read_body
 
 LIMIT = 1024
 
 
 async def echo_size(request: Request) -> JSONResponse:
-    body = await read_body(request, LIMIT)
+    body = await read_body(request, LIMIT, timeout=5)
     return JSONResponse({"size": len(body), "first": body[:1].decode(), "last": body[-1:].decode()})
 
 
@@ -67,3 +70,44 @@ def test_a_content_length_that_is_not_a_number_is_400(client, declared):
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and "Content-Length" in error["message"]
+
+
+# ---- the body timeout: per read ----------------------------------------------------------------------
+
+def paced_request(pieces: list[bytes], pause: float, then: str) -> Request:
+    """A request whose body comes in `pieces`, `pause` seconds apart, and `then`: "ends" (the last piece
+    is the end of the body), "stalls" or "hangs up"."""
+    queue = list(pieces)
+
+    async def receive() -> dict:
+        if queue:
+            await asyncio.sleep(pause)
+            piece = queue.pop(0)
+            return {"type": "http.request", "body": piece, "more_body": bool(queue) or then != "ends"}
+        if then == "hangs up":
+            return {"type": "http.disconnect"}
+        await asyncio.Event().wait()  # silence
+        raise AssertionError("unreachable")
+
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive)
+
+
+def test_a_body_that_stops_arriving_is_408_closing_the_connection():
+    async def run() -> OpenAIError:
+        with pytest.raises(OpenAIError) as err:
+            await read_body(paced_request([b'{"model": '], 0, "stalls"), LIMIT, timeout=0.1)
+        return err.value
+
+    error = asyncio.run(run())
+    assert (error.status, error.code, error.headers) == (408, "body_timeout", {"Connection": "close"})
+
+
+def test_the_body_timeout_is_per_read_not_for_the_whole_body():
+    """Ten pieces 0.05 s apart take longer than the 0.2 s timeout in all, but each read is within it."""
+    body = asyncio.run(read_body(paced_request([b"x"] * 10, 0.05, "ends"), LIMIT, timeout=0.2))
+    assert body == b"x" * 10
+
+
+def test_a_client_that_hangs_up_mid_body_is_gone_not_an_error():
+    with pytest.raises(ClientGone):
+        asyncio.run(read_body(paced_request([b'{"model": '], 0, "hangs up"), LIMIT, timeout=1))
