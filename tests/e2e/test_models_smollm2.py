@@ -13,7 +13,7 @@ import pytest
 
 from generators.hf_model_source import packaged_model_file
 from tests.support.procs import get_json, wait_until
-from tests.support.servers import Server, routable, sdk_client, start_model_worker, unique_model
+from tests.support.servers import Server, routable, sdk_client, start_model_worker, start_worker, unique_model
 
 MODEL = unique_model("smollm2")
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -175,3 +175,13 @@ def test_health_answers_during_a_long_generation(client, wrapper, worker):
 def test_without_model_path_the_packaged_gguf_is_loaded_once(client, worker):
     log = worker.proc.output()
     assert len(re.findall(r"loaded .*SmolLM2-135M-Instruct\.Q4_1\.gguf .*torch\.float32", log)) == 1, log[-3000:]
+
+
+def test_a_model_path_without_a_model_stops_the_worker_with_one_line(procs, consul, tmp_path):
+    (tmp_path / "a.Q4_1.gguf").write_bytes(b"")
+    (tmp_path / "a.Q8_0.gguf").write_bytes(b"")
+    worker = start_worker(procs, consul, "generators.hf_chat.HFChatGen", "--model-path", str(tmp_path), wait=False)
+    assert worker.proc.popen.wait(60) == 2
+    assert worker.proc.output().strip() == (f"error: --model-path {tmp_path}: the folder holds 2 .gguf files "
+                                            "(a.Q4_1.gguf, a.Q8_0.gguf); name the one to load")
+    assert not any(f"-127.0.0.1-{worker.port}" in s for s in consul.services())
