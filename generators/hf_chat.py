@@ -189,7 +189,7 @@ class HFChatGen(Generator):
         hf_logging.disable_progress_bar()  # a log, not a terminal
         # set from the thread that generates; a core stays free for the event loop and whatever runs beside
         # the worker: torch's threads spin-wait, so one more thread than free cores slows every token (on 2
-        # busy cores SmolLM2-135M wrote ~4 tokens/s with 2 threads against ~16 with 1)
+        # busy cores SmolLM2-135M wrote 4-8 tokens/s with 2 threads against ~16 with 1)
         torch.set_num_threads(self.threads)
         started = time.monotonic()
         folder, gguf = self.source.folder, self.source.gguf_file
