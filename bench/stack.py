@@ -173,13 +173,21 @@ class Stack:
         assert self.consul is not None
         return {"CONSUL_HTTP_ADDR": self.consul.addr}
 
-    def start_worker(self, name: str, *args: str) -> Service:
+    def start_worker(self, name: str, *args: str, generator: str = "generators.echo.EchoGen",
+                     register_timeout: float = 30) -> Service:
+        """A worker registered in Consul; a model worker gets `register_timeout` to load its model."""
         port = free_port()
-        proc = self.procs.start(name, python_script("template_worker.py", "127.0.0.1", str(port),
-                                                    "generators.echo.EchoGen", *args), env=self.consul_env)
+        proc = self.procs.start(name, python_script("template_worker.py", "127.0.0.1", str(port), generator, *args),
+                                env={**self.consul_env, "HF_HUB_OFFLINE": "1"})
         assert self.consul is not None
-        wait_until(lambda: f"-127.0.0.1-{port}" in " ".join(self.consul.services()), 30,
-                   f"{name} on {port} to register\n{proc.output()}")
+
+        def registered() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited\n{proc.output()[-3000:]}")
+            return f"-127.0.0.1-{port}" in " ".join(self.consul.services())
+
+        wait_until(registered, register_timeout, f"{name} on {port} to register\n{proc.output()[-3000:]}",
+                   interval=0.05 if register_timeout <= 30 else 0.5)
         svc = self.services[name] = Service(name, proc, port)
         return svc
 

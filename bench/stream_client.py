@@ -1,8 +1,10 @@
 """Streaming measurements with an aiohttp client: time to first chunk, chunks per second, and whether
-chunks arrive one by one (a relay that buffers would deliver several per read)."""
+chunks arrive one by one (a relay that buffers would deliver several per read); for a real model, time to
+first token and tokens per second."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -97,3 +99,67 @@ def measure(url: str, body: bytes, streams: int, headers: dict | None = None, ma
     """`streams` streams one after another (concurrency 1), bounded by `max_seconds`."""
     return asyncio.run(_measure(url, body, streams, {"Content-Type": "application/json", **(headers or {})},
                                 max_seconds))
+
+
+# ---- a real model's token stream -----------------------------------------------------------------
+
+@dataclass
+class TokenStream:
+    """One streamed chat answer of a real model: when its first text came, and how fast its tokens came."""
+
+    ttft_ms: float             # request sent -> first event carrying text
+    completion_tokens: int     # from the usage chunk (stream_options.include_usage)
+    stream_s: float            # request sent -> [DONE]
+    tokens_per_s: float        # completion_tokens / stream_s
+    finish_reason: str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+async def _token_stream(session: aiohttp.ClientSession, url: str, body: bytes) -> TokenStream:
+    t0 = time.perf_counter()
+    first: float | None = None
+    tokens, finish, done = 0, None, False
+    buf = b""
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"stream answered {resp.status}: {(await resp.read())[:300]!r}")
+        async for data in resp.content.iter_any():
+            buf += data
+            parts = buf.split(b"\n\n")
+            buf = parts.pop()
+            for part in parts:
+                if not part.startswith(b"data: "):
+                    continue
+                if part == b"data: [DONE]":
+                    done = True
+                    continue
+                event = json.loads(part[6:])
+                for choice in event.get("choices") or ():
+                    if first is None and (choice.get("delta") or {}).get("content"):
+                        first = time.perf_counter()
+                    finish = choice.get("finish_reason") or finish
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    if not done or first is None:
+        raise RuntimeError(f"stream from {url} ended without text or without data: [DONE]")
+    return TokenStream(ttft_ms=(first - t0) * 1000, completion_tokens=tokens, stream_s=end - t0,
+                       tokens_per_s=tokens / (end - t0), finish_reason=finish)
+
+
+async def _token_streams(urls: dict[str, str], body: bytes, repetitions: int) -> dict[str, list[TokenStream]]:
+    out: dict[str, list[TokenStream]] = {name: [] for name in urls}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        for url in urls.values():  # warm each path's connection (and the model) once
+            await _token_stream(session, url, body)
+        for _ in range(repetitions):
+            for name, url in urls.items():  # interleaved, so drift on the machine hits every path alike
+                out[name].append(await _token_stream(session, url, body))
+    return out
+
+
+def token_streams(urls: dict[str, str], body: bytes, repetitions: int) -> dict[str, list[TokenStream]]:
+    """`repetitions` streams per path (base URL of /v1/chat/completions), one at a time, paths interleaved."""
+    return asyncio.run(_token_streams(urls, body, repetitions))

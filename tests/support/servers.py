@@ -49,9 +49,11 @@ def start_worker(procs: Procs, consul: Consul, generator: str = "generators.echo
     return server
 
 
-def start_model_worker(procs: Procs, consul: Consul, generator: str, *args: str) -> Server:
-    """A worker hosting a local model: offline, and given time to load it."""
-    return start_worker(procs, consul, generator, *args, env={"HF_HUB_OFFLINE": "1"}, register_timeout=180)
+def start_model_worker(procs: Procs, consul: Consul, generator: str, *args: str, wait: bool = True) -> Server:
+    """A worker hosting a local model: offline, and given time to load it (wait=False: return at once,
+    so the caller can do other work while the model loads)."""
+    return start_worker(procs, consul, generator, *args, env={"HF_HUB_OFFLINE": "1"}, register_timeout=180,
+                        wait=wait)
 
 
 def start_wrapper(procs: Procs, consul: Consul, *args: str, env: dict[str, str] | None = None) -> Server:
