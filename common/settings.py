@@ -70,6 +70,8 @@ class WrapperSettings(_Section):
     api_keys: list[ApiKey] = []
     api_keys_file: str | None = None
     consul_wait: str = "30s"
+    consul_min_interval: float = Field(0.1, ge=0)
+    empty_catalog_grace: float = Field(30.0, ge=0)
     drain_seconds: float = Field(10.0, ge=0)
     processes: int = Field(1, ge=1, le=64)
 

@@ -1,22 +1,95 @@
-"""Keeps a RoutingTable in step with Consul through blocking queries, in background tasks."""
+"""Keeps a RoutingTable in step with Consul through ONE blocking query, whatever the number of services.
+
+Consul refuses more than `http_max_conns_per_client` (200) connections from one address, so a blocking
+query per service cannot scale; and Consul 1.8 has no endpoint that lists every instance of every
+service with its address and health in one answer. So:
+
+1. The watch is one blocking query on `/v1/health/state/any`, filtered to the checks of tagged services
+   and to node checks. Its index moves on every registration, deregistration and check change, and its
+   answer says which instances exist, under which service, and whether all their checks (and their
+   node's) pass — `?passing`'s rule.
+2. Checks carry no address or port. Those are kept in a book per instance, read without blocking only
+   for instances that are new or were registered again: per node (`/v1/catalog/node-services/NODE`) when
+   many of a node's instances are, per service (`/v1/health/service/NAME`) when few; READS_AT_ONCE at most.
+3. The table is updated only for services whose routable instances changed, with one rebuild.
+
+An empty answer after a full one (a dev agent restarted, a token that lost its rights) keeps the last
+table for `wrapper.empty_catalog_grace` seconds, in case the workers are about to register again.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
 
-from common.settings import ConsulSettings
+from common.settings import ConsulSettings, WrapperSettings
 
-from .consul_client import AsyncConsul, ConsulException, connect
-from .entry import MARKER_TAG, instance_from_health
+from .consul_client import Answer, AsyncConsul, ConsulException, connect
+from .entry import MARKER_TAG, Instance, instance_from_health
 from .routing import RoutingTable
 
 log = logging.getLogger(__name__)
 
 _FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConsulException, ValueError)
+
+# the checks of our instances, and node checks (a failing node fails its instances, as with ?passing)
+CHECKS_FILTER = f'"{MARKER_TAG}" in ServiceTags or ServiceID == ""'
+READS_AT_ONCE = 4  # address reads in flight at once: with the watch, at most 5 connections to Consul
+NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the node, not each service
+
+Key = tuple[str, str]  # (node, service id): an instance
+Seen = tuple[str, int, bool]  # (service, ModifyIndex of its latest check change, passing)
+Book = dict[Key, tuple[int, Instance | None]]  # the ModifyIndex an instance was read at, and what was read
+
+
+def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
+    """Our instances in a `/v1/health/state/any` answer, each passing only if all its checks and its node's do.
+
+    One pass of plain tuples: at 10,000 instances this loop is most of the wrapper's cost of a change."""
+    found: dict[Key, Seen] = {}
+    failing_nodes: set[str] = set()
+    for c in checks:
+        service_id = c["ServiceID"]
+        if not service_id:
+            if c["Status"] != "passing":
+                failing_nodes.add(c["Node"])
+            continue
+        if MARKER_TAG not in (c["ServiceTags"] or ()):
+            continue
+        key = (c["Node"], service_id)
+        seen = (c["ServiceName"], c["ModifyIndex"], c["Status"] == "passing")
+        other = found.get(key)
+        if other is not None:  # several checks: the latest change, and passing only if all pass
+            seen = (seen[0], max(seen[1], other[1]), seen[2] and other[2])
+        found[key] = seen
+    if failing_nodes:
+        for key, seen in found.items():
+            if key[0] in failing_nodes:
+                found[key] = (seen[0], seen[1], False)
+    return found
+
+
+def plan_reads(needed: Iterable[Key], seen: dict[Key, Seen]) -> tuple[set[str], set[str]]:
+    """(nodes, services) to read so that every needed instance's address is known, in few small reads."""
+    by_node: dict[str, list[Key]] = {}
+    for key in needed:
+        by_node.setdefault(key[0], []).append(key)
+    nodes = {node for node, keys in by_node.items() if len(keys) > NODE_READ_ABOVE}
+    services = {seen[key][0] for node, keys in by_node.items() if node not in nodes for key in keys}
+    return nodes, services
+
+
+def node_entries(answer: Any) -> Iterator[dict[str, Any]]:
+    """`/v1/catalog/node-services/NODE` as `/v1/health/service` entries (what instance_from_health reads)."""
+    if answer:
+        node = answer.get("Node") or {}
+        for service in answer.get("Services") or ():
+            yield {"Node": node, "Service": service}
 
 
 class _Outage:
@@ -38,77 +111,152 @@ class _Outage:
         self.down = False
 
 
+class EmptyCatalogGrace:
+    """Holds back an empty catalog that follows a full one for `grace` seconds; logs each episode once."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.since: float | None = None
+
+    def hold(self, empty: bool, table_has_routes: bool, filtered_by_acls: bool, now: float) -> bool:
+        """True if this answer must not be applied (the last table stays)."""
+        if not empty:
+            if self.since is not None:
+                log.info("instances are back in Consul's catalog; routing from it again")
+            self.since = None
+            return False
+        if not table_has_routes or self.grace <= 0:
+            return False
+        if self.since is None:
+            self.since = now
+            log.warning("Consul's catalog has no instance tagged %s any more%s; keeping the last routing table "
+                        "for %g s (wrapper.empty_catalog_grace) in case the workers register again",
+                        MARKER_TAG, " (X-Consul-Results-Filtered-By-ACLs: the ACL token hides them)"
+                        if filtered_by_acls else "", self.grace)
+        if now - self.since < self.grace:
+            return True
+        log.warning("Consul's catalog stayed empty for %g s; dropping every route", self.grace)
+        self.since = None
+        return False
+
+    def remaining(self, now: float) -> float | None:
+        return None if self.since is None else max(0.0, self.grace - (now - self.since))
+
+
 def _next_index(old: int, new: int) -> int:
     # Consul's rule for blocking queries: an index that went backwards (agent restarted) resets to 0.
     return new if new >= old else 0
 
 
 class Discovery:
-    def __init__(self, settings: ConsulSettings, table: RoutingTable, wait: str = "30s") -> None:
+    def __init__(self, settings: ConsulSettings, table: RoutingTable, wrapper: WrapperSettings) -> None:
         self.settings = settings
         self.table = table
-        self.wait = wait
+        self.wait = wrapper.consul_wait
+        self.min_interval = wrapper.consul_min_interval
         self.outage = _Outage(settings.address)
+        self.grace = EmptyCatalogGrace(wrapper.empty_catalog_grace)
         self._consul: AsyncConsul | None = None
-        self._tasks: dict[str, asyncio.Task] = {}
         self._main: asyncio.Task | None = None
+        self._reads = asyncio.Semaphore(READS_AT_ONCE)
+        self._last_raw = b""
+        self._seen: dict[Key, Seen] = {}
+        self._book: Book = {}
+        self._keys_of: dict[str, set[Key]] = {}  # service -> its instances in _seen
+        self._applied: dict[str, frozenset[Instance]] = {}  # service -> what the table routes to
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
         self._consul = connect(self.settings)
-        self._main = asyncio.create_task(self._watch_services(), name="consul-services")
+        self._main = asyncio.create_task(self._watch(), name="consul-watch")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._main, *self._tasks.values()) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._main is not None:
+            self._main.cancel()
+            await asyncio.gather(self._main, return_exceptions=True)
         if self._consul is not None:
             await self._consul.close()
 
-    async def _changes(self, query: Callable[[int | None], Awaitable[tuple[str, Any]]],
-                       report_recovery: bool = False) -> AsyncGenerator[Any, None]:
-        """Each new answer of a Consul blocking query, forever; failures back off and are reported once."""
-        index, backoff = 0, 0.2
+    async def _watch(self) -> None:
+        """The blocking query, forever; failures back off and are reported once."""
+        assert self._consul is not None
+        index, backoff, last = 0, 0.2, -math.inf
         while True:
+            # a burst of check updates (thousands of workers) is read as one answer per min_interval
+            await asyncio.sleep(max(0.0, last + self.min_interval - time.monotonic()) if index else 0)
             try:
-                new_index, answer = await query(index or None)
+                answer = await self._consul.read("/v1/health/state/any", index=index or None,
+                                                 wait=self._wait(), filter=CHECKS_FILTER)
+                last = time.monotonic()
+                await self._apply(answer)
             except _FAILURES as exc:
                 self.outage.failed(exc)
                 index = 0
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5)
                 continue
-            index, backoff = _next_index(index, int(new_index)), 0.2
-            if report_recovery:
-                self.outage.ok()
-            yield answer
+            index, backoff = _next_index(index, answer.index), 0.2
+            self.outage.ok()
+            self.ready.set()
 
-    async def _watch_services(self) -> None:
-        assert self._consul is not None
-        catalog = self._consul.catalog
-        async for services in self._changes(lambda index: catalog.services(index=index, wait=self.wait),
-                                            report_recovery=True):
-            ours = {name for name, tags in services.items() if MARKER_TAG in (tags or [])}
-            first_answers = []
-            for name in ours - self._tasks.keys():
-                answered = asyncio.Event()
-                first_answers.append(answered.wait())
-                self._tasks[name] = asyncio.create_task(self._watch_health(name, answered),
-                                                        name=f"consul-health-{name}")
-            for name in self._tasks.keys() - ours:
-                self._tasks.pop(name).cancel()
-                self.table.drop_service(name)
-            if not self.ready.is_set():
-                # the table is ready once every service known at start-up has reported its instances
-                if first_answers:
-                    await asyncio.wait([asyncio.ensure_future(w) for w in first_answers], timeout=5)
-                self.ready.set()
+    def _wait(self) -> str:
+        # while an empty catalog is held back, wake up when the grace period ends even if nothing changes
+        remaining = self.grace.remaining(time.monotonic())
+        return self.wait if remaining is None else f"{max(1, math.ceil(remaining))}s"
 
-    async def _watch_health(self, service: str, answered: asyncio.Event) -> None:
+    async def _apply(self, answer: Answer) -> None:
+        if answer.raw == self._last_raw and self.grace.since is None:
+            return  # the wait ran out, or only checks outside the filter changed
+        seen = instances_in(answer.json() or ())
+        if self.grace.hold(not seen, bool(self._applied), answer.filtered_by_acls, time.monotonic()):
+            return
+        changed = seen.items() ^ self._seen.items()  # (key, Seen) pairs that appeared or went away
+        needed = {key for key, s in changed if key in seen and self._book.get(key, (None,))[0] != seen[key][1]}
+        needed |= seen.keys() - self._book.keys()  # also any instance a former read did not find
+        if needed:
+            await self._read_addresses(needed, seen)
+        for key, (service, _, _) in changed:
+            keys = self._keys_of.setdefault(service, set())
+            if key in seen and seen[key][0] == service:
+                keys.add(key)
+            else:
+                keys.discard(key)
+                if key not in seen:
+                    self._book.pop(key, None)
+        self._seen, self._last_raw = seen, answer.raw
+        self._update_table({service for _, (service, _, _) in changed})
+
+    def _update_table(self, services: set[str]) -> None:
+        changed: dict[str, frozenset[Instance]] = {}
+        dropped: list[str] = []
+        for service in services:
+            routable = frozenset(inst for key in self._keys_of.get(service, ())
+                                 if self._seen[key][2] and (inst := self._book.get(key, (0, None))[1]) is not None)
+            if not routable:
+                if not self._keys_of.get(service):
+                    self._keys_of.pop(service, None)
+                if self._applied.pop(service, None) is not None:
+                    dropped.append(service)
+            elif self._applied.get(service) != routable:
+                changed[service] = self._applied[service] = routable
+        if changed or dropped:
+            self.table.update(changed, dropped)
+
+    async def _read_addresses(self, needed: set[Key], seen: dict[Key, Seen]) -> None:
+        nodes, services = plan_reads(needed, seen)
+        reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries)
+                 for node in nodes]
+        reads += [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', list)
+                  for service in services]
+        for entries in await asyncio.gather(*reads):
+            for entry in entries:
+                key = ((entry.get("Node") or {}).get("Node"), (entry.get("Service") or {}).get("ID"))
+                if key in needed:
+                    self._book[key] = (seen[key][1], instance_from_health(entry))
+
+    async def _read(self, path: str, filter: str, entries: Callable[[Any], Iterable[dict[str, Any]]]
+                    ) -> Iterable[dict[str, Any]]:
         assert self._consul is not None
-        health = self._consul.health
-        async for entries in self._changes(
-                lambda index: health.service(service, index=index, wait=self.wait, passing=True)):
-            self.table.set_service(service, filter(None, map(instance_from_health, entries)))
-            answered.set()
+        async with self._reads:
+            answer = await self._consul.read(path, filter=filter)
+        return entries(answer.json() or ())

@@ -50,7 +50,7 @@ class Wrapper:
         self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown)
         self.keys = KeyRing(load_api_keys(settings))
         self.hop = Hop(self.table, settings.wrapper, secret(settings.worker.secret))
-        self.discovery = Discovery(settings.consul, self.table, settings.wrapper.consul_wait)
+        self.discovery = Discovery(settings.consul, self.table, settings.wrapper)
         self.created = wire.now()
 
     async def chat(self, request: Request) -> Response:
