@@ -13,8 +13,9 @@ service with its address and health in one answer. So:
    many of a node's instances are, per service (`/v1/health/service/NAME`) when few; READS_AT_ONCE at most.
 3. The table is updated only for services whose routable instances changed, with one rebuild.
 
-An empty answer after a full one (a dev agent restarted, a token that lost its rights) keeps the last
-table for `wrapper.empty_catalog_grace` seconds, in case the workers are about to register again.
+An empty answer after a full one, when Consul came back from an outage (a dev agent restarted empty) or
+the ACL token filtered it, keeps the last table for `wrapper.empty_catalog_grace` seconds, in case the
+workers are about to register again.
 """
 from __future__ import annotations
 
@@ -112,27 +113,27 @@ class _Outage:
 
 
 class EmptyCatalogGrace:
-    """Holds back an empty catalog that follows a full one for `grace` seconds; logs each episode once."""
+    """Holds back, for `grace` seconds, an empty catalog that replaces a full one in a suspicious way:
+    the first answer after Consul was unreachable or its index went backwards (a restarted agent, a new
+    cluster), or an answer the ACL token filtered. Workers leaving one by one are applied at once."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.since: float | None = None
 
-    def hold(self, empty: bool, table_has_routes: bool, filtered_by_acls: bool, now: float) -> bool:
-        """True if this answer must not be applied (the last table stays)."""
+    def hold(self, empty: bool, table_has_routes: bool, why: str | None, now: float) -> bool:
+        """True if this answer must not be applied (the last table stays). `why`: what makes it suspicious."""
         if not empty:
             if self.since is not None:
                 log.info("instances are back in Consul's catalog; routing from it again")
             self.since = None
             return False
-        if not table_has_routes or self.grace <= 0:
-            return False
         if self.since is None:
+            if not (table_has_routes and why and self.grace > 0):
+                return False
             self.since = now
-            log.warning("Consul's catalog has no instance tagged %s any more%s; keeping the last routing table "
-                        "for %g s (wrapper.empty_catalog_grace) in case the workers register again",
-                        MARKER_TAG, " (X-Consul-Results-Filtered-By-ACLs: the ACL token hides them)"
-                        if filtered_by_acls else "", self.grace)
+            log.warning("Consul's catalog has no instance tagged %s %s; keeping the last routing table for %g s "
+                        "(wrapper.empty_catalog_grace) in case the workers register again", MARKER_TAG, why, self.grace)
         if now - self.since < self.grace:
             return True
         log.warning("Consul's catalog stayed empty for %g s; dropping every route", self.grace)
@@ -180,7 +181,7 @@ class Discovery:
     async def _watch(self) -> None:
         """The blocking query, forever; failures back off and are reported once."""
         assert self._consul is not None
-        index, backoff, last = 0, 0.2, -math.inf
+        index, backoff, last, lost = 0, 0.2, -math.inf, False
         while True:
             # a burst of check updates (thousands of workers) is read as one answer per min_interval
             await asyncio.sleep(max(0.0, last + self.min_interval - time.monotonic()) if index else 0)
@@ -188,14 +189,14 @@ class Discovery:
                 answer = await self._consul.read("/v1/health/state/any", index=index or None,
                                                  wait=self._wait(), filter=CHECKS_FILTER)
                 last = time.monotonic()
-                await self._apply(answer)
+                await self._apply(answer, lost or answer.index < index)
             except _FAILURES as exc:
                 self.outage.failed(exc)
-                index = 0
+                index, lost = 0, True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5)
                 continue
-            index, backoff = _next_index(index, answer.index), 0.2
+            index, backoff, lost = _next_index(index, answer.index), 0.2, False
             self.outage.ok()
             self.ready.set()
 
@@ -204,11 +205,13 @@ class Discovery:
         remaining = self.grace.remaining(time.monotonic())
         return self.wait if remaining is None else f"{max(1, math.ceil(remaining))}s"
 
-    async def _apply(self, answer: Answer) -> None:
+    async def _apply(self, answer: Answer, reconnected: bool) -> None:
         if answer.raw == self._last_raw and self.grace.since is None:
             return  # the wait ran out, or only checks outside the filter changed
         seen = instances_in(answer.json() or ())
-        if self.grace.hold(not seen, bool(self._applied), answer.filtered_by_acls, time.monotonic()):
+        why = ("and says the ACL token hides some (X-Consul-Results-Filtered-By-ACLs)" if answer.filtered_by_acls
+               else "since Consul came back (restarted empty?)" if reconnected else None)
+        if self.grace.hold(not seen, bool(self._applied), why, time.monotonic()):
             return
         changed = seen.items() ^ self._seen.items()  # (key, Seen) pairs that appeared or went away
         needed = {key for key, s in changed if key in seen and self._book.get(key, (None,))[0] != seen[key][1]}
