@@ -1,0 +1,154 @@
+"""Discovery's decisions in process: what a checks answer means, what to read, what to hold back, what to
+update. The real agent is in tests/e2e/test_discovery_scale.py; here Consul's answers are written by hand
+in the shapes Consul 1.8.7 gives them (checked with curl against the agent)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+
+from common.settings import ConsulSettings, WrapperSettings
+from svc_mgr import Instance, RoutingTable
+from svc_mgr.consul_client import Answer
+from svc_mgr.discovery import (
+    NODE_READ_ABOVE,
+    Discovery,
+    EmptyCatalogGrace,
+    instances_in,
+    node_entries,
+    plan_reads,
+)
+from svc_mgr.entry import MARKER_TAG, instance_from_health, model_tags
+
+
+def check(node: str, service_id: str = "", status: str = "passing", service: str = "", modify: int = 10,
+          tags: list[str] | None = None) -> dict:
+    return {"Node": node, "CheckID": f"c-{service_id or node}", "Status": status, "ServiceID": service_id,
+            "ServiceName": service or service_id.rsplit("-", 1)[0], "ServiceTags": tags if tags is not None else
+            (model_tags([service or service_id.rsplit("-", 1)[0]]) if service_id else []),
+            "CreateIndex": 5, "ModifyIndex": modify}
+
+
+def test_an_instance_passes_only_if_all_its_checks_and_its_node_pass():
+    seen = instances_in([
+        check("n1"), check("n1", "a-1"), check("n1", "b-1"), check("n1", "b-1", "warning", modify=12),
+        check("n2", status="critical"), check("n2", "a-2"),
+        check("n1", "web-1", tags=["web"]),  # not ours
+    ])
+    assert seen == {("n1", "a-1"): ("a", 10, True), ("n1", "b-1"): ("b", 12, False), ("n2", "a-2"): ("a", 10, False)}
+
+
+def test_many_instances_of_one_node_are_read_by_node_and_a_few_by_service():
+    crowded = [("big", f"s{i}-1") for i in range(NODE_READ_ABOVE + 1)]
+    lonely = [("small", "x-1"), ("other", "x-2")]
+    seen = {key: (key[1].rsplit("-", 1)[0], 1, True) for key in crowded + lonely}
+    assert plan_reads(crowded + lonely, seen) == ({"big"}, {"x"})
+
+
+def test_a_node_answer_reads_like_a_health_answer():
+    node = {"Node": "n1", "Address": "10.0.0.9"}
+    answer = {"Node": node, "Services": [
+        {"ID": "a-1", "Service": "a", "Tags": model_tags(["m"]), "Address": "", "Port": 7},
+        {"ID": "b-1", "Service": "b", "Tags": model_tags(["n"]), "Address": "10.0.0.1", "Port": 8}]}
+    instances = [instance_from_health(e) for e in node_entries(answer)]
+    assert [(i.base_url, i.models) for i in instances if i] == [("http://10.0.0.9:7", ("m",)),
+                                                                ("http://10.0.0.1:8", ("n",))]
+    assert list(node_entries({"Node": None, "Services": None})) == []  # an unknown node
+
+
+def test_an_empty_catalog_is_held_only_when_suspicious_and_only_for_the_grace_period(caplog):
+    grace = EmptyCatalogGrace(30)
+    with caplog.at_level(logging.INFO, "svc_mgr.discovery"):
+        assert not grace.hold(True, True, None, now=0)  # the last worker left while we watched
+        assert not grace.hold(True, False, "since Consul came back", now=0)  # nothing to keep
+        assert grace.hold(True, True, "since Consul came back", now=100)
+        assert grace.hold(True, True, None, now=110) and grace.remaining(110) == 20
+        assert not grace.hold(True, True, None, now=130)  # over: Consul's word is applied
+        assert grace.remaining(131) is None
+        assert grace.hold(True, True, "since Consul came back", now=200)
+        assert not grace.hold(False, True, None, now=201)  # entries are back
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("keeping the last routing table" in m for m in messages) == 2  # once per episode
+    assert sum("stayed empty" in m for m in messages) == 1
+    assert sum("back in Consul's catalog" in m for m in messages) == 1
+    assert not EmptyCatalogGrace(0).hold(True, True, "since Consul came back", now=0)
+
+
+def test_a_bulk_update_keeps_in_flight_counts():
+    table = RoutingTable()
+    first = Instance(id="a-1", service="a", address="127.0.0.1", port=1, models=("m",))
+    table.update({"a": [first], "b": [Instance(id="b-1", service="b", address="127.0.0.1", port=2, models=("n",))]})
+    first.in_flight = 2
+    table.update({"a": [Instance(id="a-1", service="a", address="127.0.0.1", port=1, models=("m",))]}, ["b"])
+    assert table.models() == ["m"] and table.instances("m")[0].in_flight == 2
+
+
+class ScriptedConsul:
+    """Answers Discovery's reads from a dict (path -> body), and records them."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, object] = {}
+        self.reads: list[str] = []
+
+    async def read(self, path: str, index: int | None = None, wait: str | None = None, **params: str) -> Answer:
+        self.reads.append(path)
+        return Answer(index=1, raw=orjson.dumps(self.bodies.get(path)), filtered_by_acls=False)
+
+
+class RecordingTable(RoutingTable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates: list[tuple[set[str], list[str]]] = []
+
+    def update(self, changed, dropped=()) -> None:
+        self.updates.append((set(changed), list(dropped)))
+        super().update(changed, dropped)
+
+
+def service_entry(node: str, service: str, i: int) -> dict:
+    return {"Node": {"Node": node, "Address": "127.0.0.1"},
+            "Service": {"ID": f"{service}-{i}", "Service": service, "Tags": [MARKER_TAG, f"model={service}"],
+                        "Address": "", "Port": 9000 + i}}
+
+
+def test_a_change_reads_and_updates_only_what_changed():
+    async def scenario() -> None:
+        consul = ScriptedConsul()
+        table = RecordingTable()
+        updates = table.updates
+        discovery = Discovery(ConsulSettings(), table, WrapperSettings())
+        discovery._consul = consul  # type: ignore[assignment]
+        services = [f"s{k}" for k in range(20)]
+        consul.bodies["/v1/catalog/node-services/n1"] = {
+            "Node": {"Node": "n1", "Address": "127.0.0.1"},
+            "Services": [service_entry("n1", s, 1)["Service"] for s in services]}
+        checks = [check("n1")] + [check("n1", f"{s}-1") for s in services]
+
+        async def answer(body: list[dict], reconnected: bool = False) -> None:
+            consul.reads.clear()
+            await discovery._apply(Answer(index=1, raw=orjson.dumps(body), filtered_by_acls=False), reconnected)
+
+        await answer(checks)
+        assert consul.reads == ["/v1/catalog/node-services/n1"]  # 20 instances of one node: one read
+        assert table.models() == sorted(services) and updates[-1] == (set(services), [])
+
+        updates.clear()
+        await answer(checks)
+        assert consul.reads == [] and updates == []  # the same answer again: nothing to do
+
+        flipped = [c if c["ServiceID"] != "s3-1" else check("n1", "s3-1", "critical", modify=11) for c in checks]
+        consul.bodies["/v1/health/service/s3"] = [service_entry("n1", "s3", 1)]
+        await answer(flipped)
+        assert consul.reads == ["/v1/health/service/s3"] and updates == [(set(), ["s3"])]
+        assert "s3" not in table.models() and len(table.models()) == 19
+
+        updates.clear()
+        await answer([c for c in flipped if c["ServiceID"] != "s5-1"])  # s5 deregistered
+        assert consul.reads == [] and updates == [(set(), ["s5"])]
+
+        updates.clear()
+        await answer([check("n1")], reconnected=True)  # a restarted agent: empty, held
+        assert updates == [] and len(table.models()) == 18
+
+    asyncio.run(scenario())
