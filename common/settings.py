@@ -34,6 +34,7 @@ class ConsulSettings(_Section):
     scheme: Literal["http", "https"] = "http"
     token: SecretStr | None = None  # secrets print as ********** wherever settings are shown
     verify: bool = True
+    stale: bool = False  # the wrapper's catalog reads may be answered by any server, not only the leader
 
     @property
     def address(self) -> str:

@@ -87,7 +87,8 @@ class AsyncConsul(consul.base.Consul):
     def __init__(self, settings: ConsulSettings) -> None:
         self.settings = settings
         super().__init__(host=settings.host, port=settings.port, scheme=settings.scheme,
-                         token=secret(settings.token), verify=settings.verify)
+                         token=secret(settings.token), verify=settings.verify,
+                         consistency="stale" if settings.stale else "default")
 
     def http_connect(self, host, port, scheme, verify=True, cert=None, timeout=None):
         # python-consul2 re-reads CONSUL_HTTP_ADDR with a looser parser (no default port, no bare

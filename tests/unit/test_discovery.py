@@ -7,10 +7,13 @@ import asyncio
 import logging
 
 import orjson
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
 
 from common.settings import ConsulSettings, WrapperSettings
 from svc_mgr import Instance, RoutingTable
-from svc_mgr.consul_client import Answer
+from svc_mgr.consul_client import Answer, ConsulException, connect
 from svc_mgr.discovery import (
     NODE_READ_ABOVE,
     Discovery,
@@ -150,5 +153,39 @@ def test_a_change_reads_and_updates_only_what_changed():
         updates.clear()
         await answer([check("n1")], reconnected=True)  # a restarted agent: empty, held
         assert updates == [] and len(table.models()) == 18
+
+    asyncio.run(scenario())
+
+
+def test_the_raw_read_keeps_consuls_index_wait_token_and_stale_semantics():
+    async def scenario() -> None:
+        asked: list[web.Request] = []
+
+        async def answer(request: web.Request) -> web.Response:
+            asked.append(request)
+            if request.path.endswith("/broken"):
+                return web.Response(status=500, text="rpc error")
+            return web.Response(body=b'[{"a": 1}]', content_type="application/json",
+                                headers={"X-Consul-Index": "42", "X-Consul-Results-Filtered-By-ACLs": "true"})
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", answer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        consul = connect(ConsulSettings(port=runner.addresses[0][1], token=SecretStr("t0ken"), stale=True))
+        try:
+            got = await consul.read("/v1/health/state/any", index=7, wait="3s", filter='"x" in ServiceTags')
+            assert (got.index, got.json(), got.filtered_by_acls) == (42, [{"a": 1}], True)
+            query, headers = asked[-1].query, asked[-1].headers
+            assert dict(query) == {"index": "7", "wait": "3s", "filter": '"x" in ServiceTags', "stale": "1"}
+            assert headers["X-Consul-Token"] == "t0ken" and headers["Accept-Encoding"] == "identity"
+            await consul.read("/v1/catalog/node-services/n1")
+            assert "index" not in asked[-1].query  # not a blocking query
+            with pytest.raises(ConsulException, match="500 from GET /v1/broken: rpc error"):
+                await consul.read("/v1/broken")
+        finally:
+            await consul.close()
+            await runner.cleanup()
 
     asyncio.run(scenario())
