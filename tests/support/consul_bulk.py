@@ -40,7 +40,7 @@ def catalog(services: int, instances: int, prefix: str = "scale") -> list[Entry]
             for s in range(services) for i in range(instances)]
 
 
-def _register_ops(entry: Entry, status: str) -> list[dict]:
+def register_ops(entry: Entry, status: str) -> list[dict]:
     service = {"ID": entry.id, "Service": entry.service, "Tags": [MARKER_TAG, f"model={entry.model}"],
                "Address": "127.0.0.1", "Port": entry.port}
     check = {"Node": entry.node, "CheckID": f"check-{entry.id}", "Name": "fake", "Status": status,
@@ -69,11 +69,11 @@ def register(consul: Consul, entries: Iterable[Entry], status: str = "passing") 
     nodes = sorted({e.node for e in entries})
     _txn(consul, _batches([{"Node": {"Verb": "set", "Node": {"Node": n, "Address": "127.0.0.1"}}} for n in nodes]),
          threads=1)
-    _txn(consul, _batches([op for e in entries for op in _register_ops(e, status)]))
+    _txn(consul, _batches([op for e in entries for op in register_ops(e, status)]))
 
 
 def set_status(consul: Consul, entry: Entry, status: str) -> None:
-    _txn(consul, [_register_ops(entry, status)[1:]], threads=1)
+    _txn(consul, [register_ops(entry, status)[1:]], threads=1)
 
 
 def deregister(consul: Consul, entries: Iterable[Entry]) -> None:
