@@ -9,7 +9,7 @@ service with its address and health in one answer. So:
    answer says which instances exist, under which service, and whether all their checks (and their
    node's) pass — `?passing`'s rule.
 2. Checks carry no address or port. Those are kept in a book per instance, read without blocking only
-   for instances that are new or were registered again: per node (`/v1/catalog/node-services/NODE`) when
+   for instances that are new or were registered again (not when a check merely changes state): per node (`/v1/catalog/node-services/NODE`) when
    many of a node's instances are, per service (`/v1/health/service/NAME`) when few; READS_AT_ONCE at most.
 3. The table is updated only for services whose routable instances changed, with one rebuild.
 
@@ -47,8 +47,11 @@ READS_AT_ONCE = 4  # address reads in flight at once: with the watch, at most 5 
 NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the node, not each service
 
 Key = tuple[str, str]  # (node, service id): an instance
-Seen = tuple[str, int, bool]  # (service, ModifyIndex of its latest check change, passing)
-Book = dict[Key, tuple[int, Instance | None]]  # the ModifyIndex an instance was read at, and what was read
+# when an instance's checks were created, and its tags: changes when it is registered again (perhaps at
+# another address, with other models), not when a check changes state
+Registration = tuple[int, tuple[str, ...]]
+Seen = tuple[str, Registration, bool]  # (service, registration, passing)
+Book = dict[Key, tuple[Registration, Instance | None]]  # the registration an instance was read at, and what
 
 
 def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
@@ -66,9 +69,9 @@ def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
         if MARKER_TAG not in (c["ServiceTags"] or ()):
             continue
         key = (c["Node"], service_id)
-        seen = (c["ServiceName"], c["ModifyIndex"], c["Status"] == "passing")
+        seen = (c["ServiceName"], (c["CreateIndex"], tuple(c["ServiceTags"])), c["Status"] == "passing")
         other = found.get(key)
-        if other is not None:  # several checks: the latest change, and passing only if all pass
+        if other is not None:  # several checks: the latest created, and passing only if all pass
             seen = (seen[0], max(seen[1], other[1]), seen[2] and other[2])
         found[key] = seen
     if failing_nodes:
@@ -257,7 +260,7 @@ class Discovery:
         dropped: list[str] = []
         for service in services:
             routable = frozenset(inst for key in self._keys_of.get(service, ())
-                                 if self._seen[key][2] and (inst := self._book.get(key, (0, None))[1]) is not None)
+                                 if self._seen[key][2] and (inst := self._book.get(key, (None, None))[1]) is not None)
             if not routable:
                 if not self._keys_of.get(service):
                     self._keys_of.pop(service, None)

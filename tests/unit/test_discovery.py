@@ -25,27 +25,30 @@ from svc_mgr.discovery import (
 from svc_mgr.entry import MARKER_TAG, instance_from_health, model_tags
 
 
-def check(node: str, service_id: str = "", status: str = "passing", service: str = "", modify: int = 10,
+def check(node: str, service_id: str = "", status: str = "passing", created: int = 5, modified: int = 10,
           tags: list[str] | None = None) -> dict:
+    service = service_id.rsplit("-", 1)[0]
     return {"Node": node, "CheckID": f"c-{service_id or node}", "Status": status, "ServiceID": service_id,
-            "ServiceName": service or service_id.rsplit("-", 1)[0], "ServiceTags": tags if tags is not None else
-            (model_tags([service or service_id.rsplit("-", 1)[0]]) if service_id else []),
-            "CreateIndex": 5, "ModifyIndex": modify}
+            "ServiceName": service, "ServiceTags": tags if tags is not None else (model_tags([service]) if service_id
+                                                                                 else []),
+            "CreateIndex": created, "ModifyIndex": modified}
 
 
 def test_an_instance_passes_only_if_all_its_checks_and_its_node_pass():
     seen = instances_in([
-        check("n1"), check("n1", "a-1"), check("n1", "b-1"), check("n1", "b-1", "warning", modify=12),
-        check("n2", status="critical"), check("n2", "a-2"),
+        check("n1"), check("n1", "a-1"), check("n1", "b-1"), check("n1", "b-1", "warning", created=7),
+        check("n2", status="critical"), check("n2", "a-2", modified=99),
         check("n1", "web-1", tags=["web"]),  # not ours
     ])
-    assert seen == {("n1", "a-1"): ("a", 10, True), ("n1", "b-1"): ("b", 12, False), ("n2", "a-2"): ("a", 10, False)}
+    a, b = tuple(model_tags(["a"])), tuple(model_tags(["b"]))
+    assert seen == {("n1", "a-1"): ("a", (5, a), True), ("n1", "b-1"): ("b", (7, b), False),
+                    ("n2", "a-2"): ("a", (5, a), False)}
 
 
 def test_many_instances_of_one_node_are_read_by_node_and_a_few_by_service():
     crowded = [("big", f"s{i}-1") for i in range(NODE_READ_ABOVE + 1)]
     lonely = [("small", "x-1"), ("other", "x-2")]
-    seen = {key: (key[1].rsplit("-", 1)[0], 1, True) for key in crowded + lonely}
+    seen = {key: (key[1].rsplit("-", 1)[0], (1, ()), True) for key in crowded + lonely}
     assert plan_reads(crowded + lonely, seen) == ({"big"}, {"x"})
 
 
@@ -109,10 +112,10 @@ class RecordingTable(RoutingTable):
         super().update(changed, dropped)
 
 
-def service_entry(node: str, service: str, i: int) -> dict:
+def service_entry(node: str, service: str, i: int, port: int = 9001) -> dict:
     return {"Node": {"Node": node, "Address": "127.0.0.1"},
             "Service": {"ID": f"{service}-{i}", "Service": service, "Tags": [MARKER_TAG, f"model={service}"],
-                        "Address": "", "Port": 9000 + i}}
+                        "Address": "", "Port": port}}
 
 
 def test_a_change_reads_and_updates_only_what_changed():
@@ -140,14 +143,20 @@ def test_a_change_reads_and_updates_only_what_changed():
         await answer(checks)
         assert consul.reads == [] and updates == []  # the same answer again: nothing to do
 
-        flipped = [c if c["ServiceID"] != "s3-1" else check("n1", "s3-1", "critical", modify=11) for c in checks]
-        consul.bodies["/v1/health/service/s3"] = [service_entry("n1", "s3", 1)]
+        flipped = [c if c["ServiceID"] != "s3-1" else check("n1", "s3-1", "critical", modified=11) for c in checks]
         await answer(flipped)
-        assert consul.reads == ["/v1/health/service/s3"] and updates == [(set(), ["s3"])]
+        assert consul.reads == [] and updates == [(set(), ["s3"])]  # a state change needs no address read
         assert "s3" not in table.models() and len(table.models()) == 19
 
         updates.clear()
-        await answer([c for c in flipped if c["ServiceID"] != "s5-1"])  # s5 deregistered
+        moved = [c if c["ServiceID"] != "s4-1" else check("n1", "s4-1", created=12, modified=12) for c in flipped]
+        consul.bodies["/v1/health/service/s4"] = [service_entry("n1", "s4", 1, port=9002)]  # registered again
+        await answer(moved)
+        assert consul.reads == ["/v1/health/service/s4"] and updates == [({"s4"}, [])]
+        assert table.instances("s4")[0].port == 9002
+
+        updates.clear()
+        await answer([c for c in moved if c["ServiceID"] != "s5-1"])  # s5 deregistered
         assert consul.reads == [] and updates == [(set(), ["s5"])]
 
         updates.clear()
