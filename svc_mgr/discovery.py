@@ -9,8 +9,9 @@ service with its address and health in one answer. So:
    answer says which instances exist, under which service, and whether all their checks (and their
    node's) pass — `?passing`'s rule.
 2. Checks carry no address or port. Those are kept in a book per instance, read without blocking only
-   for instances that are new or were registered again (not when a check merely changes state): per node (`/v1/catalog/node-services/NODE`) when
-   many of a node's instances are, per service (`/v1/health/service/NAME`) when few; READS_AT_ONCE at most.
+   for instances that are new or were registered again (not when a check merely changes state): per
+   node (`/v1/catalog/node-services/NODE`) when many of a node's instances are, per service
+   (`/v1/health/service/NAME`) when few; READS_AT_ONCE at most.
 3. The table is updated only for services whose routable instances changed, with one rebuild.
 
 An empty answer after a full one, when Consul came back from an outage (a dev agent restarted empty) or
@@ -57,7 +58,7 @@ Book = dict[Key, tuple[Registration, Instance | None]]  # the registration an in
 def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
     """Our instances in a `/v1/health/state/any` answer, each passing only if all its checks and its node's do.
 
-    One pass of plain tuples: at 10,000 instances this loop is most of the wrapper's cost of a change."""
+    One pass building plain tuples: it runs over every tagged check on every change (docs/performance.md)."""
     found: dict[Key, Seen] = {}
     failing_nodes: set[str] = set()
     for c in checks:
@@ -154,7 +155,7 @@ class EmptyCatalogGrace:
 def _no_cyclic_gc() -> Iterator[None]:
     """Decoding a whole catalog allocates some 100,000 containers that live a few milliseconds and form no
     cycle; with the collector on they get promoted and trigger full collections of the whole heap
-    (measured: 100+ ms spikes per answer at 10,000 instances)."""
+    (measured at 10,000 instances: spikes of 100+ ms per answer)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
