@@ -16,7 +16,7 @@ service with its address and health in one answer. So:
 
 An empty answer after a full one, when Consul came back from an outage (a dev agent restarted empty) or
 the ACL token filtered it, keeps the last table for `wrapper.empty_catalog_grace` seconds, in case the
-workers are about to register again.
+workers are about to register again (or the token gets its rights back).
 """
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ class _Outage:
 class EmptyCatalogGrace:
     """Holds back, for `grace` seconds, an empty catalog that replaces a full one in a suspicious way:
     the first answer after Consul was unreachable or its index went backwards (a restarted agent, a new
-    cluster), or an answer the ACL token filtered. Workers leaving one by one are applied at once."""
+    cluster), or an answer the ACL token filtered (Consul >= 1.11 says so in a header; before, an answer
+    without even a node check shows it). Workers leaving one by one are applied at once."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
@@ -233,8 +234,12 @@ class Discovery:
         if answer.raw == self._last_raw and self.grace.since is None:
             return  # the wait ran out, or only checks outside the filter changed
         with _no_cyclic_gc():
-            seen = instances_in(answer.json() or ())  # the decoded answer is freed here, by reference counts
+            checks = answer.json() or ()
+            seen = instances_in(checks)
+            blank = not checks  # not even a node's check: every agent's node has one, unless the token hides it
+            del checks  # freed here, by reference counts
         why = ("and says the ACL token hides some (X-Consul-Results-Filtered-By-ACLs)" if answer.filtered_by_acls
+               else "and not even a node check (does the ACL token still have node and service read?)" if blank
                else "since Consul came back (restarted empty?)" if reconnected else None)
         if self.grace.hold(not seen, bool(self._applied), why, time.monotonic()):
             return

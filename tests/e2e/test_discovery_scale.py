@@ -124,3 +124,45 @@ def test_entries_coming_back_end_the_grace_period_at_once(procs, tmp_path):
     log = wrapper.proc.output()
     assert log.count("keeping the last routing table") == 1 and log.count("back in Consul's catalog") == 1
     assert "stayed empty" not in log
+
+
+ACL_HCL = ('acl { enabled = true, default_policy = "deny", down_policy = "extend-cache", '
+           'tokens { master = "root-token-1234", agent = "root-token-1234" } }')
+ROOT = {"X-Consul-Token": "root-token-1234"}
+READ_ALL = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'
+
+
+def test_a_token_that_suddenly_sees_nothing_keeps_the_last_routes(procs, tmp_path):
+    consul = Consul(procs, extra_hcl=ACL_HCL, name="consul-acl-grace")
+    acl = f"http://{consul.addr}/v1/acl"
+    httpx.put(f"{acl}/policy", headers=ROOT, json={"Name": "worker", "Rules": 'service "echo" { policy = "write" }'}
+              ).raise_for_status()
+    worker_token = httpx.put(f"{acl}/token", headers=ROOT, json={"Policies": [{"Name": "worker"}]}).json()["SecretID"]
+    policy = httpx.put(f"{acl}/policy", headers=ROOT, json={"Name": "wrapper", "Rules": READ_ALL}).json()
+    wrapper_token = httpx.put(f"{acl}/token", headers=ROOT, json={"Policies": [{"Name": "wrapper"}]}).json()
+    # a short wait: a policy change moves no index, so the wrapper sees it at its next wake-up
+    config = write_config(tmp_path, f"wrapper:\n  empty_catalog_grace: {GRACE}\n  consul_wait: 1s\n")
+    model = unique_model()
+    start_worker(procs, consul, "generators.echo.EchoGen", "--models", model, "--config", config,
+                 env={"CONSUL_HTTP_TOKEN": worker_token}, wait=False)
+    wrapper = start_wrapper(procs, consul, "--config", config, env={"CONSUL_HTTP_TOKEN": wrapper_token["SecretID"]})
+    wait_until(lambda: routable(wrapper, model), 20, "routable through the ACL'd agent")
+
+    # the wrapper's policy is changed to see nothing: Consul 1.8 answers [] (no header says why)
+    httpx.put(f"{acl}/policy/{policy['ID']}", headers=ROOT,
+              json={"Name": "wrapper", "Rules": 'node_prefix "" { policy = "deny" }'}).raise_for_status()
+    wait_until(lambda: "keeping the last routing table" in wrapper.proc.output(), 10, "the empty answer to be held")
+    assert "ACL token" in wrapper.proc.output()
+    assert chat(wrapper, model)[0] == 200 and routable(wrapper, model)
+
+    # given its rights back within the grace period, the wrapper routes from Consul again
+    httpx.put(f"{acl}/policy/{policy['ID']}", headers=ROOT, json={"Name": "wrapper", "Rules": READ_ALL}
+              ).raise_for_status()
+    wait_until(lambda: "back in Consul's catalog" in wrapper.proc.output(), 10, "the entries to be seen again")
+    # a deleted token: Consul answers 403, which is an outage (the last table stays, /health says down)
+    httpx.delete(f"{acl}/token/{wrapper_token['AccessorID']}", headers=ROOT).raise_for_status()
+    wait_until(lambda: get_json(wrapper.url + "/health")[1]["consul"] == "down", 10, "the 403 to count as an outage")
+    assert chat(wrapper, model)[0] == 200
+    log = wrapper.proc.output()
+    assert log.count("keeping the last routing table") == 1 and "stayed empty" not in log
+    assert log.count("unreachable") == 1 and "403" in log
