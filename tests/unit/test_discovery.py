@@ -156,12 +156,18 @@ def test_a_change_reads_and_updates_only_what_changed():
         assert table.instances("s4")[0].port == 9002
 
         updates.clear()
-        await answer([c for c in moved if c["ServiceID"] != "s5-1"])  # s5 deregistered
+        full = [c for c in moved if c["ServiceID"] != "s5-1"]
+        await answer(full)  # s5 deregistered
         assert consul.reads == [] and updates == [(set(), ["s5"])]
 
         updates.clear()
+        await answer([])  # not even a node check: a token that lost its rights; held
+        await answer(full)  # back
         await answer([check("n1")], reconnected=True)  # a restarted agent: empty, held
+        await answer(full)  # back
         assert updates == [] and len(table.models()) == 18
+        await answer([check("n1")])  # every worker left while we watched: applied at once
+        assert table.models() == [] and [(c, sorted(d)) for c, d in updates] == [(set(), sorted(set(services) - {"s3", "s5"}))]
 
     asyncio.run(scenario())
 
