@@ -7,6 +7,7 @@ wrapper's whole-catalog query, whose answer is too large for the stdlib decoder 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,10 +98,11 @@ class AsyncConsul(consul.base.Consul):
         s = self.settings
         return _SessionTransport(s.host, s.port, s.scheme, s.verify, cert, timeout)
 
-    async def read(self, path: str, index: int | None = None, wait: str | None = None, **params: str) -> Answer:
+    async def read(self, path: str, index: int | None = None, wait: str | None = None,
+                   params: Mapping[str, str] | None = None) -> Answer:
         """GET `path` with the client's token (decode with orjson: `.json()`); with `index`, a blocking query
         that returns when Consul's index passed it or after `wait`."""
-        query = dict(params)
+        query = dict(params or {})
         if index:
             query.update(index=str(index), wait=wait or "5m")
         if self.consistency != "default":

@@ -14,6 +14,11 @@ service with its address and health in one answer. So:
    (`/v1/health/service/NAME`) when few; READS_AT_ONCE at most.
 3. The table is updated only for services whose routable instances changed, with one rebuild.
 
+Instances registered without any check never appear among checks, yet Consul counts them as passing. A
+second blocking query, on `/v1/catalog/services` (its index moves on every registration and
+deregistration), finds tagged services that have no checked instance; those are read whole with
+`/v1/health/service/NAME?passing` on each of its changes, as a query per service would.
+
 An empty answer after a full one, when Consul came back from an outage (a dev agent restarted empty) or
 the ACL token filtered it, keeps the last table for `wrapper.empty_catalog_grace` seconds, in case the
 workers are about to register again (or the token gets its rights back).
@@ -26,7 +31,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
@@ -101,22 +106,27 @@ def node_entries(answer: Any) -> Iterator[dict[str, Any]]:
 
 
 class _Outage:
-    """Logs an outage once when it starts and once when it ends, not once per retry."""
+    """Logs an outage once when it starts and once when it ends, not once per retry or per watch."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.down = False
+        self._failing: set[str] = set()  # the watches whose last query failed
 
-    def failed(self, exc: BaseException) -> None:
-        if not self.down:
+    @property
+    def down(self) -> bool:
+        return bool(self._failing)
+
+    def failed(self, watch: str, exc: BaseException) -> None:
+        if not self._failing:
             log.warning("Consul at %s unreachable (%s: %s); serving from the last routing table, retrying",
                         self.address, exc.__class__.__name__, exc)
-        self.down = True
+        self._failing.add(watch)
 
-    def ok(self) -> None:
-        if self.down:
-            log.info("Consul at %s reachable again", self.address)
-        self.down = False
+    def ok(self, watch: str) -> None:
+        if watch in self._failing:
+            self._failing.discard(watch)
+            if not self._failing:
+                log.info("Consul at %s reachable again", self.address)
 
 
 class EmptyCatalogGrace:
@@ -180,28 +190,36 @@ class Discovery:
         self.outage = _Outage(settings.address)
         self.grace = EmptyCatalogGrace(wrapper.empty_catalog_grace)
         self._consul: AsyncConsul | None = None
-        self._main: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._reads = asyncio.Semaphore(READS_AT_ONCE)
         self._last_raw = b""
         self._seen: dict[Key, Seen] = {}
         self._book: Book = {}
         self._keys_of: dict[str, set[Key]] = {}  # service -> its instances in _seen
         self._applied: dict[str, frozenset[Instance]] = {}  # service -> what the table routes to
+        self._unchecked: dict[str, frozenset[tuple[str, str, tuple[str, ...]]]] = {}  # service -> what was routed
+        self._checks_read = asyncio.Event()
+        self._services_read = asyncio.Event()
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
         self._consul = connect(self.settings)
-        self._main = asyncio.create_task(self._watch(), name="consul-watch")
+        self._tasks = [
+            asyncio.create_task(self._watch("/v1/health/state/any", {"filter": CHECKS_FILTER}, self._apply,
+                                            self._checks_read), name="consul-watch-checks"),
+            asyncio.create_task(self._watch("/v1/catalog/services", {}, self._apply_services,
+                                            self._services_read), name="consul-watch-services")]
 
     async def stop(self) -> None:
-        if self._main is not None:
-            self._main.cancel()
-            await asyncio.gather(self._main, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._consul is not None:
             await self._consul.close()
 
-    async def _watch(self) -> None:
-        """The blocking query, forever; failures back off and are reported once."""
+    async def _watch(self, path: str, params: dict[str, str],
+                     apply: Callable[[Answer, bool], Awaitable[None]], read: asyncio.Event) -> None:
+        """A blocking query, forever; failures back off and are reported once."""
         assert self._consul is not None
         index, backoff, last, lost = 0, 0.2, -math.inf, False
         while True:
@@ -209,21 +227,22 @@ class Discovery:
             await asyncio.sleep(max(0.0, last + self.min_interval - time.monotonic()) if index else 0)
             try:
                 asked = time.monotonic()
-                answer = await self._consul.read("/v1/health/state/any", index=index or None,
-                                                 wait=self._wait(), filter=CHECKS_FILTER)
+                answer = await self._consul.read(path, index or None, self._wait(), params)
                 last = time.monotonic()
-                await self._apply(answer, lost or answer.index < index)
-                log.debug("Consul index %d: %d bytes after %.0f ms, applied in %.0f ms", answer.index,
+                await apply(answer, lost or answer.index < index)
+                log.debug("%s at index %d: %d bytes after %.0f ms, applied in %.0f ms", path, answer.index,
                           len(answer.raw), 1000 * (last - asked), 1000 * (time.monotonic() - last))
             except _FAILURES as exc:
-                self.outage.failed(exc)
+                self.outage.failed(path, exc)
                 index, lost = 0, True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5)
                 continue
             index, backoff, lost = _next_index(index, answer.index), 0.2, False
-            self.outage.ok()
-            self.ready.set()
+            self.outage.ok(path)
+            read.set()
+            if self._checks_read.is_set() and self._services_read.is_set():
+                self.ready.set()
 
     def _wait(self) -> str:
         # while an empty catalog is held back, wake up when the grace period ends even if nothing changes
@@ -277,6 +296,28 @@ class Discovery:
         if changed or dropped:
             self.table.update(changed, dropped)
 
+    async def _apply_services(self, answer: Answer, reconnected: bool) -> None:
+        """Route tagged services none of whose instances has a check: read whole, on every services change."""
+        await self._checks_read.wait()  # which services have checked instances is known only then
+        tagged = {name for name, tags in (answer.json() or {}).items() if MARKER_TAG in (tags or ())}
+        unchecked = tagged - self._keys_of.keys()
+        reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', list, passing="1")
+                 for service in sorted(unchecked)]
+        changed: dict[str, list[Instance]] = {}
+        for service, entries in zip(sorted(unchecked), await asyncio.gather(*reads), strict=True):
+            instances = [inst for inst in map(instance_from_health, entries) if inst is not None]
+            signature = frozenset((inst.id, inst.base_url, inst.models) for inst in instances)
+            if self._unchecked.get(service) != signature:
+                changed[service], self._unchecked[service] = instances, signature
+        gone = [service for service in self._unchecked if service not in unchecked]
+        holding = self.grace.since is not None  # an empty catalog is held back: drop nothing meanwhile
+        dropped = [service for service in gone if not holding and service not in self._keys_of]
+        for service in gone:
+            if not holding:
+                del self._unchecked[service]  # now checked (the other watch routes it) or gone
+        if changed or dropped:
+            self.table.update(changed, dropped)
+
     async def _read_addresses(self, needed: set[Key], seen: dict[Key, Seen]) -> None:
         nodes, services = plan_reads(needed, seen)
         reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries)
@@ -289,9 +330,9 @@ class Discovery:
                 if key in needed:
                     self._book[key] = (seen[key][1], instance_from_health(entry))
 
-    async def _read(self, path: str, filter: str, entries: Callable[[Any], Iterable[dict[str, Any]]]
-                    ) -> Iterable[dict[str, Any]]:
+    async def _read(self, path: str, filter: str, entries: Callable[[Any], Iterable[dict[str, Any]]],
+                    **params: str) -> Iterable[dict[str, Any]]:
         assert self._consul is not None
         async with self._reads:
-            answer = await self._consul.read(path, filter=filter)
+            answer = await self._consul.read(path, params={"filter": filter, **params})
         return entries(answer.json() or ())

@@ -14,7 +14,7 @@ from tests.support.procs import Consul, get_json, post, wait_until
 from tests.support.servers import routable, start_worker, start_wrapper, unique_model
 
 SERVICES, INSTANCES = 2000, 5
-MAX_CONSUL_CONNECTIONS = 5  # the watch and svc_mgr.discovery.READS_AT_ONCE address reads
+MAX_CONSUL_CONNECTIONS = 6  # the two watches and svc_mgr.discovery.READS_AT_ONCE address reads
 
 
 def chat(wrapper, model: str):
@@ -166,3 +166,24 @@ def test_a_token_that_suddenly_sees_nothing_keeps_the_last_routes(procs, tmp_pat
     log = wrapper.proc.output()
     assert log.count("keeping the last routing table") == 1 and "stayed empty" not in log
     assert log.count("unreachable") == 1 and "403" in log
+
+
+def test_an_instance_registered_without_checks_is_routed_as_consul_counts_it_passing(procs, tmp_path):
+    consul = Consul(procs, name="consul-unchecked")
+    config = write_config(tmp_path, "worker:\n  keepalive_interval: 600\n")
+    model = unique_model()
+    worker = start_worker(procs, consul, "generators.echo.EchoGen", "--models", model, "--config", config)
+    wrapper = start_wrapper(procs, consul)
+    wait_until(lambda: routable(wrapper, model), 5, "routable")
+    # the worker's own entry (with its check) goes; an entry without any check takes its place
+    agent = f"http://{consul.addr}/v1/agent/service"
+    httpx.put(f"{agent}/deregister/{next(iter(consul.services()))}").raise_for_status()
+    wait_until(lambda: not routable(wrapper, model), 5, "the checked entry to leave")
+    httpx.put(f"{agent}/register", json={"Name": "plain", "ID": "plain-1", "Address": "127.0.0.1",
+                                         "Port": worker.port, "Tags": [consul_bulk.MARKER_TAG, f"model={model}"]}
+              ).raise_for_status()
+    wait_until(lambda: routable(wrapper, model), 5, "the entry without checks to be routable")
+    assert chat(wrapper, model)[0] == 200
+    assert {m["owned_by"] for m in get_json(wrapper.base_url + "/models")[1]["data"]} == {"plain"}
+    httpx.put(f"{agent}/deregister/plain-1").raise_for_status()
+    wait_until(lambda: not routable(wrapper, model), 5, "the entry without checks to leave")

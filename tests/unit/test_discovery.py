@@ -97,7 +97,8 @@ class ScriptedConsul:
         self.bodies: dict[str, object] = {}
         self.reads: list[str] = []
 
-    async def read(self, path: str, index: int | None = None, wait: str | None = None, **params: str) -> Answer:
+    async def read(self, path: str, index: int | None = None, wait: str | None = None,
+                   params: dict[str, str] | None = None) -> Answer:
         self.reads.append(path)
         return Answer(index=1, raw=orjson.dumps(self.bodies.get(path)), filtered_by_acls=False)
 
@@ -190,7 +191,7 @@ def test_the_raw_read_keeps_consuls_index_wait_token_and_stale_semantics():
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         consul = connect(ConsulSettings(port=runner.addresses[0][1], token=SecretStr("t0ken"), stale=True))
         try:
-            got = await consul.read("/v1/health/state/any", index=7, wait="3s", filter='"x" in ServiceTags')
+            got = await consul.read("/v1/health/state/any", index=7, wait="3s", params={"filter": '"x" in ServiceTags'})
             assert (got.index, got.json(), got.filtered_by_acls) == (42, [{"a": 1}], True)
             query, headers = asked[-1].query, asked[-1].headers
             assert dict(query) == {"index": "7", "wait": "3s", "filter": '"x" in ServiceTags', "stale": "1"}
