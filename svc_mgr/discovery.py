@@ -1,4 +1,4 @@
-"""Keeps a RoutingTable in step with Consul through ONE blocking query, whatever the number of services.
+"""Keeps a RoutingTable in step with Consul through two blocking queries, whatever the number of services.
 
 Consul refuses more than `http_max_conns_per_client` (200) connections from one address, so a blocking
 query per service cannot scale; and Consul 1.8 has no endpoint that lists every instance of every
@@ -49,7 +49,7 @@ _FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConsulException
 
 # the checks of our instances, and node checks (a failing node fails its instances, as with ?passing)
 CHECKS_FILTER = f'"{MARKER_TAG}" in ServiceTags or ServiceID == ""'
-READS_AT_ONCE = 4  # address reads in flight at once: with the watch, at most 5 connections to Consul
+READS_AT_ONCE = 4  # reads in flight at once: with the two watches, at most 6 connections to Consul
 NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the node, not each service
 
 Key = tuple[str, str]  # (node, service id): an instance
