@@ -205,3 +205,38 @@ def test_the_raw_read_keeps_consuls_index_wait_token_and_stale_semantics():
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+def test_tagged_services_without_checked_instances_are_read_whole_from_the_services_watch():
+    async def scenario() -> None:
+        consul = ScriptedConsul()
+        table = RecordingTable()
+        discovery = Discovery(ConsulSettings(), table, WrapperSettings())
+        discovery._consul = consul  # type: ignore[assignment]
+        consul.bodies["/v1/health/service/s0"] = [service_entry("n1", "s0", 1)]
+        consul.bodies["/v1/health/service/plain"] = [service_entry("n2", "plain", 1, port=7000)]
+
+        def services(body: dict) -> Answer:
+            return Answer(index=1, raw=orjson.dumps(body), filtered_by_acls=False)
+
+        await discovery._apply(Answer(index=1, raw=orjson.dumps([check("n1"), check("n1", "s0-1")]),
+                                      filtered_by_acls=False), False)
+        discovery._checks_read.set()
+        consul.reads.clear()
+        tagged = {"s0": [MARKER_TAG], "plain": [MARKER_TAG, "model=plain"], "web": ["http"]}
+        await discovery._apply_services(services(tagged), False)
+        assert consul.reads == ["/v1/health/service/plain"]  # s0 has checks: the other watch routes it
+        assert table.models() == ["plain", "s0"] and table.instances("plain")[0].port == 7000
+
+        table.updates.clear()
+        await discovery._apply_services(services(tagged), False)
+        assert table.updates == []  # read again, unchanged: the table is left alone
+
+        discovery.grace.since = 0.0  # an empty catalog is being held back: nothing is dropped meanwhile
+        await discovery._apply_services(services({}), True)
+        assert table.models() == ["plain", "s0"]
+        discovery.grace.since = None
+        await discovery._apply_services(services({"s0": [MARKER_TAG]}), False)
+        assert table.models() == ["s0"]
+
+    asyncio.run(scenario())
