@@ -305,6 +305,8 @@ class Discovery:
                  for service in sorted(unchecked)]
         changed: dict[str, list[Instance]] = {}
         for service, entries in zip(sorted(unchecked), await asyncio.gather(*reads), strict=True):
+            if service in self._keys_of:
+                continue  # its checks arrived during the read: the checks watch routes it from now on
             instances = [inst for inst in map(instance_from_health, entries) if inst is not None]
             signature = frozenset((inst.id, inst.base_url, inst.models) for inst in instances)
             if self._unchecked.get(service) != signature:
