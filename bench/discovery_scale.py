@@ -101,7 +101,8 @@ def main() -> None:
               f"({args.services * args.instances} entries, registered in {registered:.1f} s); "
               f"wrapper up with the whole table {ready:.1f} s after start; "
               f"{connections_to(wrapper.proc.pid, consul.port)} connections to Consul\n")
-        applied = [float(m) for m in re.findall(r"applied in (\d+) ms", wrapper.proc.output())[-2 * args.changes:]]
+        applied = [float(m) for m in re.findall(r"health/state/any at index \d+: \d+ bytes after \d+ ms, applied in (\d+) ms",
+                                                wrapper.proc.output())[-2 * args.changes:]]
         print("| change (write to Consul → wrapper's answer changes) | median ms | p90 ms | range ms |")
         print("|---|---|---|---|")
         print(f"| a new service becomes routable ({args.changes}×) | {summary(appear)} |")

@@ -255,13 +255,23 @@ class Discovery:
         with _no_cyclic_gc():
             checks = answer.json() or ()
             seen = instances_in(checks)
-            blank = not checks  # not even a node's check: every agent's node has one, unless the token hides it
-            del checks  # freed here, by reference counts
-        why = ("and says the ACL token hides some (X-Consul-Results-Filtered-By-ACLs)" if answer.filtered_by_acls
+            diff = self._diff(seen, not checks, answer.filtered_by_acls, reconnected)
+            if diff is not None and not diff[1]:  # nothing to read: the table first, the cleaning after
+                self._commit(seen, diff[0], answer.raw)
+            del checks  # freed here by reference counts, before the collector runs again
+        if diff is not None and diff[1]:
+            await self._read_addresses(diff[1], seen)
+            self._commit(seen, diff[0], answer.raw)
+
+    def _diff(self, seen: dict[Key, Seen], blank: bool, filtered_by_acls: bool, reconnected: bool
+              ) -> tuple[set[tuple[Key, Seen]], set[Key]] | None:
+        """(what changed since the last answer, the instances to read), or None if this answer is held back.
+        `blank`: not even a node check, though every agent's node has one — unless the token hides it."""
+        why = ("and says the ACL token hides some (X-Consul-Results-Filtered-By-ACLs)" if filtered_by_acls
                else "and not even a node check (does the ACL token still have node and service read?)" if blank
                else "since Consul came back (restarted empty?)" if reconnected else None)
         if self.grace.hold(not seen, bool(self._applied), why, time.monotonic()):
-            return
+            return None
         changed = seen.items() ^ self._seen.items()  # (key, Seen) pairs that appeared or went away
         for key, _ in changed:
             if key not in seen:
@@ -269,15 +279,16 @@ class Discovery:
         needed = {key for key, _ in changed if key in seen and self._book.get(key, (None,))[0] != seen[key][1]}
         if len(self._book) < len(seen):  # some instance a former read did not find
             needed |= seen.keys() - self._book.keys()
-        if needed:
-            await self._read_addresses(needed, seen)
+        return changed, needed
+
+    def _commit(self, seen: dict[Key, Seen], changed: set[tuple[Key, Seen]], raw: bytes) -> None:
         for key, (service, _, _) in changed:
             keys = self._keys_of.setdefault(service, set())
             if key in seen and seen[key][0] == service:
                 keys.add(key)
             else:
                 keys.discard(key)
-        self._seen, self._last_raw = seen, answer.raw
+        self._seen, self._last_raw = seen, raw
         self._update_table({service for _, (service, _, _) in changed})
 
     def _update_table(self, services: set[str]) -> None:
