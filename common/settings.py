@@ -35,6 +35,7 @@ class ConsulSettings(_Section):
     scheme: Literal["http", "https"] = "http"
     token: SecretStr | None = None  # secrets print as ********** wherever settings are shown
     verify: bool = True
+    stale: bool = False  # the wrapper's catalog reads may be answered by any server, not only the leader
 
     @property
     def address(self) -> str:
@@ -123,6 +124,8 @@ class WrapperSettings(_Section):
     api_keys: list[ApiKey] = []
     api_keys_file: str | None = None
     consul_wait: str = "30s"
+    consul_min_interval: float = Field(0.1, ge=0)
+    empty_catalog_grace: float = Field(30.0, ge=0)
     drain_seconds: float = Field(10.0, ge=0)
     processes: int = Field(1, ge=1, le=64)
     # model name or fnmatch glob -> the Consul services allowed to serve it (svc_mgr/routes.py)

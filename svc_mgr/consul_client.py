@@ -2,16 +2,38 @@
 
 python-consul2's own asyncio client opens a new connection pool per call; blocking queries and
 re-registration loops want one pooled, cancellable session instead. Only the transport is ours:
-endpoints, parameters and response handling are python-consul2's.
+endpoints, parameters and response handling are python-consul2's — except `read`, a raw GET for the
+wrapper's whole-catalog query, whose answer is too large for the stdlib decoder python-consul2 uses.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import aiohttp
 import consul.base
+import orjson
 
 from common.settings import ConsulSettings, secret
 
 ConsulException = consul.base.ConsulException
+
+# every request of one client shares these connections: a bounded number whatever the caller does
+# (Consul refuses more than http_max_conns_per_client, 200 by default, from one address)
+MAX_CONNECTIONS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A Consul read with the headers that matter to a watcher."""
+
+    index: int  # X-Consul-Index: pass it back as `index` to block until something changed
+    raw: bytes  # compared as is: an unchanged answer need not be decoded
+    filtered_by_acls: bool  # X-Consul-Results-Filtered-By-ACLs (Consul >= 1.11): the token hid entries
+
+    def json(self) -> Any:
+        return orjson.loads(self.raw)
 
 
 class _SessionTransport(consul.base.HTTPClient):
@@ -22,7 +44,7 @@ class _SessionTransport(consul.base.HTTPClient):
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=bool(self.verify), limit=0),
+                connector=aiohttp.TCPConnector(ssl=bool(self.verify), limit=MAX_CONNECTIONS),
                 # blocking queries wait up to their `wait` (30 s by default) before Consul answers
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout or 5, sock_read=120),
             )
@@ -45,6 +67,17 @@ class _SessionTransport(consul.base.HTTPClient):
     async def post(self, callback, path, params=None, data="", headers=None):
         return await self._request(callback, "POST", path, params, data, headers)
 
+    async def read(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Answer:
+        # identity: for the multi-MB catalog answer gzip measured no faster on loopback (Consul compresses,
+        # the wrapper inflates); the agent is usually local
+        async with self._get_session().get(self.uri(path, params),
+                                           headers={"Accept-Encoding": "identity", **headers}) as resp:
+            content = await resp.read()
+            if resp.status != 200:
+                raise ConsulException(f"{resp.status} from GET {path}: {content[:200].decode('utf-8', 'replace')}")
+            return Answer(index=int(resp.headers.get("X-Consul-Index", "0")), raw=content,
+                          filtered_by_acls=resp.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true")
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -56,13 +89,26 @@ class AsyncConsul(consul.base.Consul):
     def __init__(self, settings: ConsulSettings) -> None:
         self.settings = settings
         super().__init__(host=settings.host, port=settings.port, scheme=settings.scheme,
-                         token=secret(settings.token), verify=settings.verify)
+                         token=secret(settings.token), verify=settings.verify,
+                         consistency="stale" if settings.stale else "default")
 
     def http_connect(self, host, port, scheme, verify=True, cert=None, timeout=None):
         # python-consul2 re-reads CONSUL_HTTP_ADDR with a looser parser (no default port, no bare
         # https://host); the settings already applied it the way Consul's own tools do.
         s = self.settings
         return _SessionTransport(s.host, s.port, s.scheme, s.verify, cert, timeout)
+
+    async def read(self, path: str, index: int | None = None, wait: str | None = None,
+                   params: Mapping[str, str] | None = None) -> Answer:
+        """GET `path` with the client's token (decode with orjson: `.json()`); with `index`, a blocking query
+        that returns when Consul's index passed it or after `wait`."""
+        query = dict(params or {})
+        if index:
+            query.update(index=str(index), wait=wait or "5m")
+        if self.consistency != "default":
+            query[self.consistency] = "1"
+        headers = {"X-Consul-Token": self.token} if self.token else {}
+        return await self.http.read(path, query, headers)
 
     async def close(self) -> None:
         await self.http.close()

@@ -1,41 +1,179 @@
-"""Keeps a RoutingTable in step with Consul through blocking queries, in background tasks."""
+"""Keeps a RoutingTable in step with Consul through two blocking queries, whatever the number of services.
+
+Consul refuses more than `http_max_conns_per_client` (200) connections from one address, so a blocking
+query per service cannot scale; and Consul 1.8 has no endpoint that lists every instance of every
+service with its address and health in one answer. So:
+
+1. The watch is one blocking query on `/v1/health/state/any`, filtered to the checks of tagged services
+   and to node checks. Its index moves on every registration, deregistration and check change, and its
+   answer says which instances exist, under which service, and whether all their checks (and their
+   node's) pass — `?passing`'s rule.
+2. Checks carry no address or port. Those are kept in a book per instance, read without blocking only
+   for instances that are new or were registered again (not when a check merely changes state): per
+   node (`/v1/catalog/node-services/NODE`) when many of a node's instances are, per service
+   (`/v1/health/service/NAME`) when few; READS_AT_ONCE at most.
+3. The table is updated only for services whose routable instances changed, with one rebuild.
+
+Instances registered without any check never appear among checks, yet Consul counts them as passing. A
+second blocking query, on `/v1/catalog/services` (its index moves on every registration and
+deregistration), finds tagged services that have no checked instance; those are read whole with
+`/v1/health/service/NAME?passing` on each of its changes, as a query per service would.
+
+An empty answer after a full one, when Consul came back from an outage (a dev agent restarted empty) or
+the ACL token filtered it, keeps the last table for `wrapper.empty_catalog_grace` seconds, in case the
+workers are about to register again (or the token gets its rights back).
+"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
 
-from common.settings import ConsulSettings
+from common.settings import ConsulSettings, WrapperSettings
 
-from .consul_client import AsyncConsul, ConsulException, connect
-from .entry import MARKER_TAG, EntryReader
+from .consul_client import Answer, AsyncConsul, ConsulException, connect
+from .entry import MARKER_TAG, EntryReader, Instance
 from .routing import RoutingTable
 
 log = logging.getLogger(__name__)
 
-_FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConsulException, ValueError)
+# an answer of an unexpected shape (KeyError, TypeError) is retried like an outage rather than ending the watch
+_FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConsulException, ValueError, KeyError, TypeError)
+
+# the checks of our instances, and node checks (a failing node fails its instances, as with ?passing)
+CHECKS_FILTER = f'"{MARKER_TAG}" in ServiceTags or ServiceID == ""'
+READS_AT_ONCE = 4  # reads in flight at once: with the two watches, at most 6 connections to Consul
+NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the node, not each service
+
+Key = tuple[str, str]  # (node, service id): an instance
+# when an instance's checks were created, and its tags: changes when it is registered again (perhaps at
+# another address, with other models), not when a check changes state
+Registration = tuple[int, tuple[str, ...]]
+Seen = tuple[str, Registration, bool]  # (service, registration, passing)
+Book = dict[Key, tuple[Registration, Instance | None]]  # the registration an instance was read at, and what
+
+
+def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
+    """Our instances in a `/v1/health/state/any` answer, each passing only if all its checks and its node's do.
+
+    One pass building plain tuples: it runs over every tagged check on every change (docs/performance.md)."""
+    found: dict[Key, Seen] = {}
+    failing_nodes: set[str] = set()
+    for c in checks:
+        service_id = c["ServiceID"]
+        if not service_id:
+            if c["Status"] != "passing":
+                failing_nodes.add(c["Node"])
+            continue
+        if MARKER_TAG not in (c["ServiceTags"] or ()):
+            continue
+        key = (c["Node"], service_id)
+        seen = (c["ServiceName"], (c["CreateIndex"], tuple(c["ServiceTags"])), c["Status"] == "passing")
+        other = found.get(key)
+        if other is not None:  # several checks: the latest created, and passing only if all pass
+            seen = (seen[0], max(seen[1], other[1]), seen[2] and other[2])
+        found[key] = seen
+    if failing_nodes:
+        for key, seen in found.items():
+            if key[0] in failing_nodes:
+                found[key] = (seen[0], seen[1], False)
+    return found
+
+
+def plan_reads(needed: Iterable[Key], seen: dict[Key, Seen]) -> tuple[set[str], set[str]]:
+    """(nodes, services) to read so that every needed instance's address is known, in few small reads."""
+    by_node: dict[str, list[Key]] = {}
+    for key in needed:
+        by_node.setdefault(key[0], []).append(key)
+    nodes = {node for node, keys in by_node.items() if len(keys) > NODE_READ_ABOVE}
+    services = {seen[key][0] for node, keys in by_node.items() if node not in nodes for key in keys}
+    return nodes, services
+
+
+def node_entries(answer: Any) -> Iterator[dict[str, Any]]:
+    """`/v1/catalog/node-services/NODE` as `/v1/health/service` entries (what EntryReader reads)."""
+    if answer:
+        node = answer.get("Node") or {}
+        for service in answer.get("Services") or ():
+            yield {"Node": node, "Service": service}
 
 
 class _Outage:
-    """Logs an outage once when it starts and once when it ends, not once per retry."""
+    """Logs an outage once when it starts and once when it ends, not once per retry or per watch."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.down = False
+        self._failing: set[str] = set()  # the watches whose last query failed
 
-    def failed(self, exc: BaseException) -> None:
-        if not self.down:
+    @property
+    def down(self) -> bool:
+        return bool(self._failing)
+
+    def failed(self, watch: str, exc: BaseException) -> None:
+        if not self._failing:
             log.warning("Consul at %s unreachable (%s: %s); serving from the last routing table, retrying",
                         self.address, exc.__class__.__name__, exc)
-        self.down = True
+        self._failing.add(watch)
 
-    def ok(self) -> None:
-        if self.down:
-            log.info("Consul at %s reachable again", self.address)
-        self.down = False
+    def ok(self, watch: str) -> None:
+        if watch in self._failing:
+            self._failing.discard(watch)
+            if not self._failing:
+                log.info("Consul at %s reachable again", self.address)
+
+
+class EmptyCatalogGrace:
+    """Holds back, for `grace` seconds, an empty catalog that replaces a full one in a suspicious way:
+    the first answer after Consul was unreachable or its index went backwards (a restarted agent, a new
+    cluster), or an answer the ACL token filtered (Consul >= 1.11 says so in a header; before, an answer
+    without even a node check shows it). Workers leaving one by one are applied at once."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.since: float | None = None
+
+    def hold(self, empty: bool, table_has_routes: bool, why: str | None, now: float) -> bool:
+        """True if this answer must not be applied (the last table stays). `why`: what makes it suspicious."""
+        if not empty:
+            if self.since is not None:
+                log.info("instances are back in Consul's catalog; routing from it again")
+            self.since = None
+            return False
+        if self.since is None:
+            if not (table_has_routes and why and self.grace > 0):
+                return False
+            self.since = now
+            log.warning("Consul's catalog has no instance tagged %s %s; keeping the last routing table for %g s "
+                        "(wrapper.empty_catalog_grace) in case the workers register again", MARKER_TAG, why, self.grace)
+        if now - self.since < self.grace:
+            return True
+        log.warning("Consul's catalog stayed empty for %g s; dropping every route", self.grace)
+        self.since = None
+        return False
+
+    def remaining(self, now: float) -> float | None:
+        return None if self.since is None else max(0.0, self.grace - (now - self.since))
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Decoding a whole catalog allocates some 100,000 containers that live a few milliseconds and form no
+    cycle; with the collector on they get promoted and trigger full collections of the whole heap
+    (measured at 10,000 instances: spikes of 100+ ms per answer)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _next_index(old: int, new: int) -> int:
@@ -44,80 +182,178 @@ def _next_index(old: int, new: int) -> int:
 
 
 class Discovery:
-    def __init__(self, settings: ConsulSettings, table: RoutingTable, wait: str = "30s") -> None:
+    def __init__(self, settings: ConsulSettings, table: RoutingTable, wrapper: WrapperSettings) -> None:
         self.settings = settings
         self.table = table
-        self.wait = wait
+        self.wait = wrapper.consul_wait
+        self.min_interval = wrapper.consul_min_interval
         self.outage = _Outage(settings.address)
+        self.grace = EmptyCatalogGrace(wrapper.empty_catalog_grace)
+        self.read_entry = EntryReader()  # malformed registrations: skipped, one warning per service id
         self._consul: AsyncConsul | None = None
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._main: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._reads = asyncio.Semaphore(READS_AT_ONCE)
+        self._last_raw = b""
+        self._seen: dict[Key, Seen] = {}
+        self._book: Book = {}
+        self._keys_of: dict[str, set[Key]] = {}  # service -> its instances in _seen
+        self._applied: dict[str, frozenset[Instance]] = {}  # service -> what the table routes to
+        self._unchecked: dict[str, frozenset[tuple[str, str, tuple[str, ...]]]] = {}  # service -> what was routed
+        self._checks_read = asyncio.Event()
+        self._services_read = asyncio.Event()
         self.ready = asyncio.Event()
-        self.read_entry = EntryReader()
 
     async def start(self) -> None:
         self._consul = connect(self.settings)
-        self._main = asyncio.create_task(self._watch_services(), name="consul-services")
+        self._tasks = [
+            asyncio.create_task(self._watch("/v1/health/state/any", {"filter": CHECKS_FILTER}, self._apply,
+                                            self._checks_read), name="consul-watch-checks"),
+            asyncio.create_task(self._watch("/v1/catalog/services", {}, self._apply_services,
+                                            self._services_read), name="consul-watch-services")]
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._main, *self._tasks.values()) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._consul is not None:
             await self._consul.close()
 
-    async def _changes(self, query: Callable[[int | None], Awaitable[tuple[str, Any]]],
-                       report_recovery: bool = False) -> AsyncGenerator[Any, None]:
-        """Each new answer of a Consul blocking query, forever; failures back off and are reported once."""
-        index, backoff = 0, 0.2
+    async def _watch(self, path: str, params: dict[str, str],
+                     apply: Callable[[Answer, bool], Awaitable[None]], read: asyncio.Event) -> None:
+        """A blocking query, forever; failures back off and are reported once."""
+        assert self._consul is not None
+        index, backoff, last, lost, failing = 0, 0.2, -math.inf, False, False
         while True:
+            # a burst of check updates (thousands of workers) is read as one answer per min_interval
+            await asyncio.sleep(max(0.0, last + self.min_interval - time.monotonic()) if index else 0)
             try:
-                new_index, answer = await query(index or None)
+                asked = time.monotonic()
+                answer = await self._consul.read(path, index or None, self._wait(), params)
+                last = time.monotonic()
+                try:
+                    await apply(answer, lost or answer.index < index)
+                    failing = False
+                except Exception:  # a bug here must not end the watch for good: log it once, keep watching
+                    if not failing:
+                        log.exception("could not apply Consul's answer to %s; keeping the last routing table "
+                                      "and watching on", path)
+                    failing = True
+                log.debug("%s at index %d: %d bytes after %.0f ms, applied in %.0f ms", path, answer.index,
+                          len(answer.raw), 1000 * (last - asked), 1000 * (time.monotonic() - last))
             except _FAILURES as exc:
-                self.outage.failed(exc)
-                index = 0
+                self.outage.failed(path, exc)
+                index, lost = 0, True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5)
                 continue
-            index, backoff = _next_index(index, int(new_index)), 0.2
-            if report_recovery:
-                self.outage.ok()
-            yield answer
-
-    async def _watch_services(self) -> None:
-        assert self._consul is not None
-        catalog = self._consul.catalog
-        async for services in self._changes(lambda index: catalog.services(index=index, wait=self.wait),
-                                            report_recovery=True):
-            ours = {name for name, tags in services.items() if MARKER_TAG in (tags or [])}
-            first_answers = []
-            for name in ours - self._tasks.keys():
-                answered = asyncio.Event()
-                first_answers.append(answered.wait())
-                self._tasks[name] = asyncio.create_task(self._watch_health(name, answered),
-                                                        name=f"consul-health-{name}")
-            for name in self._tasks.keys() - ours:
-                self._tasks.pop(name).cancel()
-                self.table.drop_service(name)
-            if not self.ready.is_set():
-                # the table is ready once every service known at start-up has reported its instances
-                if first_answers:
-                    await asyncio.wait([asyncio.ensure_future(w) for w in first_answers], timeout=5)
+            index, backoff, lost = _next_index(index, answer.index), 0.2, False
+            self.outage.ok(path)
+            read.set()
+            if self._checks_read.is_set() and self._services_read.is_set():
                 self.ready.set()
 
-    async def _watch_health(self, service: str, answered: asyncio.Event) -> None:
+    def _wait(self) -> str:
+        # while an empty catalog is held back, wake up when the grace period ends even if nothing changes
+        remaining = self.grace.remaining(time.monotonic())
+        return self.wait if remaining is None else f"{max(1, math.ceil(remaining))}s"
+
+    async def _apply(self, answer: Answer, reconnected: bool) -> None:
+        if answer.raw == self._last_raw and self.grace.since is None:
+            return  # the wait ran out, or only checks outside the filter changed
+        with _no_cyclic_gc():
+            checks = answer.json() or ()
+            seen = instances_in(checks)
+            diff = self._diff(seen, not checks, answer.filtered_by_acls, reconnected)
+            if diff is not None and not diff[1]:  # nothing to read: the table first, the cleaning after
+                self._commit(seen, diff[0], answer.raw)
+            del checks  # freed here by reference counts, before the collector runs again
+        if diff is not None and diff[1]:
+            await self._read_addresses(diff[1], seen)
+            self._commit(seen, diff[0], answer.raw)
+
+    def _diff(self, seen: dict[Key, Seen], blank: bool, filtered_by_acls: bool, reconnected: bool
+              ) -> tuple[set[tuple[Key, Seen]], set[Key]] | None:
+        """(what changed since the last answer, the instances to read), or None if this answer is held back.
+        `blank`: not even a node check, though every agent's node has one — unless the token hides it."""
+        why = ("and says the ACL token hides some (X-Consul-Results-Filtered-By-ACLs)" if filtered_by_acls
+               else "and not even a node check (does the ACL token still have node and service read?)" if blank
+               else "since Consul came back (restarted empty?)" if reconnected else None)
+        if self.grace.hold(not seen, bool(self._applied), why, time.monotonic()):
+            return None
+        changed = seen.items() ^ self._seen.items()  # (key, Seen) pairs that appeared or went away
+        for key, _ in changed:
+            if key not in seen:
+                self._book.pop(key, None)  # the book keeps only instances Consul lists
+        needed = {key for key, _ in changed if key in seen and self._book.get(key, (None,))[0] != seen[key][1]}
+        if len(self._book) < len(seen):  # some instance a former read did not find
+            needed |= seen.keys() - self._book.keys()
+        return changed, needed
+
+    def _commit(self, seen: dict[Key, Seen], changed: set[tuple[Key, Seen]], raw: bytes) -> None:
+        for key, (service, _, _) in changed:
+            keys = self._keys_of.setdefault(service, set())
+            if key in seen and seen[key][0] == service:
+                keys.add(key)
+            else:
+                keys.discard(key)
+        self._seen, self._last_raw = seen, raw
+        self._update_table({service for _, (service, _, _) in changed})
+
+    def _update_table(self, services: set[str]) -> None:
+        changed: dict[str, frozenset[Instance]] = {}
+        dropped: list[str] = []
+        for service in services:
+            routable = frozenset(inst for key in self._keys_of.get(service, ())
+                                 if self._seen[key][2] and (inst := self._book.get(key, (None, None))[1]) is not None)
+            if not routable:
+                if not self._keys_of.get(service):
+                    self._keys_of.pop(service, None)
+                if self._applied.pop(service, None) is not None:
+                    dropped.append(service)
+            elif self._applied.get(service) != routable:
+                changed[service] = self._applied[service] = routable
+        if changed or dropped:
+            self.table.update(changed, dropped)
+
+    async def _apply_services(self, answer: Answer, reconnected: bool) -> None:
+        """Route tagged services none of whose instances has a check: read whole, on every services change."""
+        await self._checks_read.wait()  # which services have checked instances is known only then
+        tagged = {name for name, tags in (answer.json() or {}).items() if MARKER_TAG in (tags or ())}
+        unchecked = tagged - self._keys_of.keys()
+        reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', list, passing="1")
+                 for service in sorted(unchecked)]
+        changed: dict[str, list[Instance]] = {}
+        for service, entries in zip(sorted(unchecked), await asyncio.gather(*reads), strict=True):
+            if service in self._keys_of:
+                continue  # its checks arrived during the read: the checks watch routes it from now on
+            instances = [inst for inst in map(self.read_entry, entries) if inst is not None]
+            signature = frozenset((inst.id, inst.base_url, inst.models) for inst in instances)
+            if self._unchecked.get(service) != signature:
+                changed[service], self._unchecked[service] = instances, signature
+        gone = [service for service in self._unchecked if service not in unchecked]
+        holding = self.grace.since is not None  # an empty catalog is held back: drop nothing meanwhile
+        dropped = [service for service in gone if not holding and service not in self._keys_of]
+        for service in gone:
+            if not holding:
+                del self._unchecked[service]  # now checked (the other watch routes it) or gone
+        if changed or dropped:
+            self.table.update(changed, dropped)
+
+    async def _read_addresses(self, needed: set[Key], seen: dict[Key, Seen]) -> None:
+        nodes, services = plan_reads(needed, seen)
+        reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries)
+                 for node in nodes]
+        reads += [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', list)
+                  for service in services]
+        for entries in await asyncio.gather(*reads):
+            for entry in entries:
+                key = ((entry.get("Node") or {}).get("Node"), (entry.get("Service") or {}).get("ID"))
+                if key in needed:
+                    self._book[key] = (seen[key][1], self.read_entry(entry))
+
+    async def _read(self, path: str, filter: str, entries: Callable[[Any], Iterable[dict[str, Any]]],
+                    **params: str) -> Iterable[dict[str, Any]]:
         assert self._consul is not None
-        health = self._consul.health
-        failing = False
-        async for entries in self._changes(
-                lambda index: health.service(service, index=index, wait=self.wait, passing=True)):
-            try:
-                self.table.set_service(service, filter(None, map(self.read_entry, entries)))
-                failing = False
-            except Exception:  # a bug here must not end this service's watch for good: log it, keep watching
-                if not failing:
-                    log.exception("could not update the routing table for service %r; keeping its last "
-                                  "instances and watching on", service)
-                failing = True
-            answered.set()
+        async with self._reads:
+            answer = await self._consul.read(path, params={"filter": filter, **params})
+        return entries(answer.json() or ())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from .entry import Instance
 from .routes import RouteRules
@@ -41,6 +41,18 @@ class RoutingTable:
     # ---- updates (discovery) -----------------------------------------------------------------
 
     def set_service(self, service: str, instances: Iterable[Instance]) -> None:
+        self._set(service, instances)
+        self._rebuild()
+
+    def update(self, changed: Mapping[str, Iterable[Instance]], dropped: Iterable[str] = ()) -> None:
+        """Several services at once, with one rebuild: discovery applies a whole catalog answer."""
+        for service, instances in changed.items():
+            self._set(service, instances)
+        for service in dropped:
+            self._by_service.pop(service, None)
+        self._rebuild()
+
+    def _set(self, service: str, instances: Iterable[Instance]) -> None:
         old = self._by_service.get(service, {})
         fresh: dict[str, Instance] = {}
         for inst in instances:
@@ -52,7 +64,6 @@ class RoutingTable:
             self._by_service[service] = fresh
         else:
             self._by_service.pop(service, None)
-        self._rebuild()
 
     def drop_service(self, service: str) -> None:
         if self._by_service.pop(service, None) is not None:

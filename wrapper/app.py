@@ -55,7 +55,7 @@ class Wrapper:
         worker_secret = secret(settings.worker.secret)
         self.hop = Hop(self.table, settings.wrapper, worker_secret)
         self._secret = worker_secret.encode() if worker_secret else None
-        self.discovery = Discovery(settings.consul, self.table, settings.wrapper.consul_wait)
+        self.discovery = Discovery(settings.consul, self.table, settings.wrapper)
         self.created = wire.now()
 
     async def chat(self, request: Request) -> Response:

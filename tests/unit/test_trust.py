@@ -9,9 +9,10 @@ import logging
 import pytest
 from starlette.testclient import TestClient
 
-from common.settings import ConfigError, ConsulSettings, Settings, WorkerSettings, load_settings
+from common.settings import ConfigError, ConsulSettings, Settings, WorkerSettings, WrapperSettings, load_settings
 from generators.echo import EchoGen
 from svc_mgr import Discovery, Instance, Registration, RouteRules, RoutingTable
+from svc_mgr.consul_client import Answer
 from svc_mgr.entry import (
     MARKER_TAG,
     MAX_MODEL_NAME_LENGTH,
@@ -144,54 +145,44 @@ def test_routes_must_be_strings_and_a_mistake_names_the_key(tmp_path):
 
 # ---- the watch survives ----------------------------------------------------------------------------
 
-class _Health:
-    """Consul's health endpoint as a blocking query: one answer per call, then nothing new."""
+class _Consul:
+    """Consul's blocking reads, one answer after another (then it blocks, as Consul does)."""
 
-    def __init__(self, answers):
+    def __init__(self, answers: list[bytes]) -> None:
         self.answers = list(answers)
+        self.index = 0
 
-    async def service(self, service, index=None, wait=None, passing=None):
+    async def read(self, path, index=None, wait=None, params=None) -> Answer:
         if not self.answers:
             await asyncio.Event().wait()
-        return str((index or 0) + 1), self.answers.pop(0)
-
-
-class _Consul:
-    def __init__(self, answers):
-        self.health = _Health(answers)
-
-
-class _FlakyTable(RoutingTable):
-    def __init__(self, failures: int) -> None:
-        super().__init__()
-        self.failures = failures
-
-    def set_service(self, service, instances):
-        if self.failures:
-            self.failures -= 1
-            raise RuntimeError("a bug in a table update")
-        super().set_service(service, instances)
+        self.index += 1
+        return Answer(index=self.index, raw=self.answers.pop(0), filtered_by_acls=False)
 
 
 def test_a_failing_table_update_is_logged_once_and_the_watch_goes_on(caplog):
-    table = _FlakyTable(failures=2)
-    discovery = Discovery(ConsulSettings(), table)
-    discovery._consul = _Consul([[entry(id="svc-1")], [entry(id="svc-1")], [entry(port=0, id="svc-bad"),
-                                                                          entry(id="svc-2")]])
+    discovery = Discovery(ConsulSettings(), RoutingTable(), WrapperSettings(consul_min_interval=0))
+    discovery._consul = _Consul([b"[1]", b"[2]", b"[3]"])  # type: ignore[assignment]
+    applied: list[bytes] = []
+
+    async def apply(answer: Answer, reconnected: bool) -> None:
+        if len(applied) < 2:
+            applied.append(answer.raw)
+            raise RuntimeError("a bug in a table update")
+        applied.append(answer.raw)
 
     async def watch() -> None:
-        task = asyncio.create_task(discovery._watch_health("svc", asyncio.Event()))
+        task = asyncio.create_task(discovery._watch("/v1/health/state/any", {}, apply, asyncio.Event()))
         for _ in range(200):
             await asyncio.sleep(0.01)
-            if table.instances("m"):
+            if len(applied) == 3:
                 break
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(watch())
-    assert [i.id for i in table.instances("m")] == ["svc-2"]
-    errors = [r for r in caplog.records if "could not update the routing table" in r.getMessage()]
+    assert applied == [b"[1]", b"[2]", b"[3]"]  # the watch went on after two failing updates
+    errors = [r for r in caplog.records if "could not apply Consul's answer" in r.getMessage()]
     assert len(errors) == 1
 
 
