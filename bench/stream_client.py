@@ -7,6 +7,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
 import aiohttp
@@ -28,26 +29,29 @@ class StreamStats:
         return asdict(self)
 
 
+async def _events_per_read(resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    """The complete SSE events of each network read, keep-alive comments left out."""
+    if resp.status != 200:
+        raise RuntimeError(f"stream answered {resp.status}: {(await resp.read())[:300]!r}")
+    buf = b""
+    async for data in resp.content.iter_any():
+        buf += data
+        parts = buf.split(b"\n\n")
+        buf = parts.pop()
+        yield [part for part in (p.strip() for p in parts) if part and not part.startswith(b":")]
+
+
 async def _one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict) -> tuple[float, int, float, int, int]:
     t0 = time.perf_counter()
     first = None
     events = 0
     single_reads = 0
     max_per_read = 0
-    buf = b""
     done = False
     async with session.post(url, data=body, headers=headers) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"stream answered {resp.status}: {(await resp.read())[:300]!r}")
-        async for data in resp.content.iter_any():
-            buf += data
-            parts = buf.split(b"\n\n")
-            buf = parts.pop()
+        async for parts in _events_per_read(resp):
             n = 0
             for part in parts:
-                part = part.strip()
-                if not part or part.startswith(b":"):
-                    continue  # keep-alive comment
                 if part == b"data: [DONE]":
                     done = True
                     continue
@@ -121,14 +125,8 @@ async def _token_stream(session: aiohttp.ClientSession, url: str, body: bytes) -
     t0 = time.perf_counter()
     first: float | None = None
     tokens, finish, done = 0, None, False
-    buf = b""
     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"stream answered {resp.status}: {(await resp.read())[:300]!r}")
-        async for data in resp.content.iter_any():
-            buf += data
-            parts = buf.split(b"\n\n")
-            buf = parts.pop()
+        async for parts in _events_per_read(resp):
             for part in parts:
                 if not part.startswith(b"data: "):
                     continue

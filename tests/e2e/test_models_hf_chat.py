@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import openai
 import pytest
 
 from tests.support import tiny_chat_model
 from tests.support.procs import wait_until
-from tests.support.servers import sdk_client, start_model_worker, unique_model
+from tests.support.servers import leave_stream_after, sdk_client, start_model_worker, unique_model
 
 MODEL = unique_model("tiny-llama")
 MESSAGES = [{"role": "system", "content": "w001 w002"}, {"role": "user", "content": "w010 w011 w012"}]
@@ -166,13 +165,7 @@ def test_more_tokens_than_the_context_is_400(client):
 def test_generation_stops_when_the_client_goes_away(client, wrapper, worker):
     limit = 8000  # minutes of work for this model if nothing stopped it
     body = {"model": MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": limit, "stream": True}
-    with httpx.stream("POST", wrapper.base_url + "/chat/completions", json=body, timeout=60) as response:
-        assert response.status_code == 200
-        events = 0
-        for line in response.iter_lines():
-            events += line.startswith("data: ")
-            if events == 3:
-                break  # leaving the block closes the connection mid-answer
+    leave_stream_after(wrapper.base_url + "/chat/completions", body)
     pattern = re.compile(r"the client went away after (\d+) of at most (\d+) tokens")
     wait_until(lambda: pattern.search(worker.proc.output()), 60,
                f"the worker to stop generating\n{worker.proc.output()[-3000:]}")

@@ -13,7 +13,15 @@ import pytest
 
 from generators.hf_model_source import packaged_model_file
 from tests.support.procs import get_json, wait_until
-from tests.support.servers import Server, routable, sdk_client, start_model_worker, start_worker, unique_model
+from tests.support.servers import (
+    Server,
+    leave_stream_after,
+    routable,
+    sdk_client,
+    start_model_worker,
+    start_worker,
+    unique_model,
+)
 
 MODEL = unique_model("smollm2")
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -132,13 +140,7 @@ def _stopped_count(worker: Server, limit: int) -> int:
 def test_a_client_leaving_mid_stream_stops_generation_within_a_second(client, wrapper, worker):
     limit = 1500  # minutes of generating if nothing stopped it
     body = {"model": MODEL, "messages": LONG, "temperature": 0, "max_tokens": limit, "stream": True}
-    with httpx.stream("POST", wrapper.base_url + "/chat/completions", json=body, timeout=60) as response:
-        assert response.status_code == 200
-        events = 0
-        for line in response.iter_lines():
-            events += line.startswith("data: ")
-            if events == 3:
-                break  # leaving the block closes the connection mid-answer
+    leave_stream_after(wrapper.base_url + "/chat/completions", body)
     # the bound: the worker's generating thread stops (and logs it) within 1 s of the hang-up
     wait_until(lambda: _stopped_count(worker, limit) == 1, 1.0,
                f"generation to stop within 1 s\n{worker.proc.output()[-3000:]}", interval=0.02)

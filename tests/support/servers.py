@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import openai
 
 from svc_mgr.entry import model_tags
@@ -113,3 +114,15 @@ def _consul_put(consul: Consul, path: str, data: bytes) -> None:
     request = urllib.request.Request(f"http://{consul.addr}/v1/agent/service/{path}", data=data, method="PUT")
     with urllib.request.urlopen(request, timeout=5) as resp:
         assert resp.status == 200
+
+
+def leave_stream_after(url: str, body: dict, events: int = 3) -> None:
+    """POST a streamed request and hang up after its first `events` events (closing the connection
+    mid-answer), as a client that goes away does."""
+    with httpx.stream("POST", url, json=body, timeout=60) as response:
+        assert response.status_code == 200
+        seen = 0
+        for line in response.iter_lines():
+            seen += line.startswith("data: ")
+            if seen == events:
+                return
