@@ -176,8 +176,11 @@ def test_malformed_registrations_are_skipped_and_the_watch_goes_on(procs, consul
         "long-name": ("127.0.0.1", dead, [model, "x" * 300]),
         "2000-models": ("127.0.0.1", dead, [model, *(f"{model}-{i}" for i in range(1999))]),
     }
+    # each with a passing check, so Consul offers it like any healthy instance of the service (discovery
+    # follows checked instances; an unchecked one in a checked service is not routed at all)
     for name, (address, port, models) in bad.items():
-        catalog.register(f"{service}-bad-{name}", service, address, port, models)  # no check: "passing"
+        catalog.register(f"{service}-bad-{name}", service, address, port, models,
+                         check={"TTL": "10m", "Status": "passing"})
     for name in bad:
         wait_until(lambda name=name: log_lines(wrapper, "WARNING", repr(f"{service}-bad-{name}")), 10,
                    f"the wrapper to skip {name}\n{wrapper.proc.output()}")
