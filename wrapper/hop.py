@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 import aiohttp
 
 from common.errors import BadGateway, GatewayTimeout, OpenAIError, Unavailable, model_not_found
+from common.http import SECRET_HEADER
 from common.settings import TimeoutSettings, WrapperSettings
 from common.wire import error_code, sse_comments_only, sse_error_event
 from svc_mgr import Instance, RoutingTable
@@ -79,7 +80,7 @@ class Hop:
         self.budget = RetryBudget(self.retries.budget, self.retries.min_per_second)
         self._base_headers = {"Content-Type": "application/json"}
         if worker_secret:
-            self._base_headers["X-Worker-Secret"] = worker_secret
+            self._base_headers[SECRET_HEADER] = worker_secret
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
