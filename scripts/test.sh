@@ -6,6 +6,6 @@
 #   scripts/test.sh -k routing -x   any pytest options
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-"$root/scripts/setup.sh" --models
+"$root/scripts/setup.sh" --tests
 cd "$root"
 exec "$root/.venv/bin/python" -m pytest "$@"
