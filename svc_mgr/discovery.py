@@ -13,6 +13,10 @@ service with its address and health in one answer. So:
    node (`/v1/catalog/node-services/NODE`) when many of a node's instances are, per service
    (`/v1/health/service/NAME`) when few; READS_AT_ONCE at most.
 3. The table is updated only for services whose routable instances changed, with one rebuild.
+4. That answer holds every tagged check (3 MB at 10,000 instances), too slow to decode on every state
+   change. A third blocking query on the same endpoint, filtered to checks that do not pass, moves on
+   the same index with a small answer: it flips instances between routable and not at once, and the
+   whole answer, when it follows, agrees (whichever of the two is newer decides).
 
 Instances registered without any check never appear among checks, yet Consul counts them as passing. A
 second blocking query, on `/v1/catalog/services` (its index moves on every registration and
@@ -30,6 +34,7 @@ import contextlib
 import gc
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -49,7 +54,11 @@ _FAILURES = (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConsulException
 
 # the checks of our instances, and node checks (a failing node fails its instances, as with ?passing)
 CHECKS_FILTER = f'"{MARKER_TAG}" in ServiceTags or ServiceID == ""'
-READS_AT_ONCE = 4  # reads in flight at once: with the two watches, at most 6 connections to Consul
+# only the failing ones: Consul 1.8's filters have no `>`, so "changed since index N" cannot be asked
+FAILING_FILTER = f'({CHECKS_FILTER}) and Status != "passing"'
+READS_AT_ONCE = 3  # reads in flight at once: with the three watches, at most 6 connections to Consul
+IDS_PER_READ = 16  # instances of one service read by their ids; more: the whole service
+SAFE_ID = re.compile(r"[A-Za-z0-9_.:@/+-]{1,256}")  # ids quoted into a filter expression as they are
 NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the node, not each service
 
 Key = tuple[str, str]  # (node, service id): an instance
@@ -85,6 +94,26 @@ def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
             if key[0] in failing_nodes:
                 found[key] = (seen[0], seen[1], False)
     return found
+
+
+def failing_in(checks: Iterable[dict[str, Any]]) -> tuple[frozenset[Key], frozenset[str]]:
+    """(instances with a check that does not pass, nodes whose own check does not) in a FAILING_FILTER answer."""
+    keys: set[Key] = set()
+    nodes: set[str] = set()
+    for c in checks:
+        if c["ServiceID"]:
+            keys.add((c["Node"], c["ServiceID"]))
+        else:
+            nodes.add(c["Node"])
+    return frozenset(keys), frozenset(nodes)
+
+
+def service_filter(ids: set[str]) -> str:
+    """The filter of a read of one service's entries: only the instances needed when they are few, so that a
+    new instance of a service with thousands costs a small answer; otherwise all of them."""
+    if len(ids) > IDS_PER_READ or not all(SAFE_ID.fullmatch(i) for i in ids):
+        return f'"{MARKER_TAG}" in Service.Tags'
+    return f'"{MARKER_TAG}" in Service.Tags and (' + " or ".join(f'Service.ID == "{i}"' for i in sorted(ids)) + ")"
 
 
 def plan_reads(needed: Iterable[Key], seen: dict[Key, Seen]) -> tuple[set[str], set[str]]:
@@ -199,7 +228,12 @@ class Discovery:
         self._keys_of: dict[str, set[Key]] = {}  # service -> its instances in _seen
         self._applied: dict[str, frozenset[Instance]] = {}  # service -> what the table routes to
         self._unchecked: dict[str, frozenset[tuple[str, str, tuple[str, ...]]]] = {}  # service -> what was routed
+        self._seen_index = 0  # the index of the whole checks answer _seen was built from
+        self._failing: tuple[frozenset[Key], frozenset[str]] = (frozenset(), frozenset())
+        self._failing_index = 0
         self._checks_read = asyncio.Event()
+        self._services_idle = asyncio.Event()  # clear while a services answer is applied (see _apply)
+        self._services_idle.set()
         self._services_read = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -209,7 +243,9 @@ class Discovery:
             asyncio.create_task(self._watch("/v1/health/state/any", {"filter": CHECKS_FILTER}, self._apply,
                                             self._checks_read), name="consul-watch-checks"),
             asyncio.create_task(self._watch("/v1/catalog/services", {}, self._apply_services,
-                                            self._services_read), name="consul-watch-services")]
+                                            self._services_read), name="consul-watch-services"),
+            asyncio.create_task(self._watch("/v1/health/state/any", {"filter": FAILING_FILTER}, self._apply_failing,
+                                            asyncio.Event()), name="consul-watch-failing")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -222,6 +258,7 @@ class Discovery:
                      apply: Callable[[Answer, bool], Awaitable[None]], read: asyncio.Event) -> None:
         """A blocking query, forever; failures back off and are reported once."""
         assert self._consul is not None
+        name = f"{path}?filter={params['filter']}" if "filter" in params else path  # the outage is per watch
         index, backoff, last, lost, failing = 0, 0.2, -math.inf, False, False
         while True:
             # a burst of check updates (thousands of workers) is read as one answer per min_interval
@@ -241,13 +278,13 @@ class Discovery:
                 log.debug("%s at index %d: %d bytes after %.0f ms, applied in %.0f ms", path, answer.index,
                           len(answer.raw), 1000 * (last - asked), 1000 * (time.monotonic() - last))
             except _FAILURES as exc:
-                self.outage.failed(path, exc)
+                self.outage.failed(name, exc)
                 index, lost = 0, True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5)
                 continue
             index, backoff, lost = _next_index(index, answer.index), 0.2, False
-            self.outage.ok(path)
+            self.outage.ok(name)
             read.set()
             if self._checks_read.is_set() and self._services_read.is_set():
                 self.ready.set()
@@ -260,16 +297,19 @@ class Discovery:
     async def _apply(self, answer: Answer, reconnected: bool) -> None:
         if answer.raw == self._last_raw and self.grace.since is None:
             return  # the wait ran out, or only checks outside the filter changed
+        # a registration moves both watches: route the new service by its own small read first, rather than
+        # after decoding this whole answer (tens of ms at 10,000 instances, the loop blocked meanwhile)
+        await self._services_idle.wait()
         with _no_cyclic_gc():
             checks = answer.json() or ()
             seen = instances_in(checks)
             diff = self._diff(seen, not checks, answer.filtered_by_acls, reconnected)
             if diff is not None and not diff[1]:  # nothing to read: the table first, the cleaning after
-                self._commit(seen, diff[0], answer.raw)
+                self._commit(seen, diff[0], answer.raw, answer.index)
             del checks  # freed here by reference counts, before the collector runs again
         if diff is not None and diff[1]:
             await self._read_addresses(diff[1], seen)
-            self._commit(seen, diff[0], answer.raw)
+            self._commit(seen, diff[0], answer.raw, answer.index)
 
     def _diff(self, seen: dict[Key, Seen], blank: bool, filtered_by_acls: bool, reconnected: bool
               ) -> tuple[set[tuple[Key, Seen]], set[Key]] | None:
@@ -289,15 +329,50 @@ class Discovery:
             needed |= seen.keys() - self._book.keys()
         return changed, needed
 
-    def _commit(self, seen: dict[Key, Seen], changed: set[tuple[Key, Seen]], raw: bytes) -> None:
+    def _commit(self, seen: dict[Key, Seen], changed: set[tuple[Key, Seen]], raw: bytes, index: int) -> None:
         for key, (service, _, _) in changed:
             keys = self._keys_of.setdefault(service, set())
             if key in seen and seen[key][0] == service:
                 keys.add(key)
             else:
                 keys.discard(key)
-        self._seen, self._last_raw = seen, raw
-        self._update_table({service for _, (service, _, _) in changed})
+        self._seen, self._last_raw, self._seen_index = seen, raw, index
+        services = {service for _, (service, _, _) in changed}
+        if self._failing_index > index:  # a newer failing-checks answer came first: its word on states stands
+            services |= self._flip({key for key, s in seen.items() if not s[2]} | self._on_failing(seen))
+        self._update_table(services)
+
+    async def _apply_failing(self, answer: Answer, reconnected: bool) -> None:
+        """A small answer on every state change: flip the instances whose state it changes, at once."""
+        if answer.index < self._seen_index or self.grace.since is not None:
+            return  # the whole answer applied is newer, or an empty catalog is being held back
+        old_keys, old_nodes = self._failing
+        self._failing, self._failing_index = failing_in(answer.json() or ()), answer.index
+        keys, nodes = self._failing
+        candidates = old_keys | keys
+        if old_nodes or nodes:
+            candidates |= {key for key in self._seen if key[0] in old_nodes or key[0] in nodes}
+        services = self._flip(candidates)
+        if services:
+            self._update_table(services)
+
+    def _on_failing(self, seen: dict[Key, Seen]) -> set[Key]:
+        keys, nodes = self._failing
+        return set(keys) | ({key for key in seen if key[0] in nodes} if nodes else set())
+
+    def _flip(self, candidates: Iterable[Key]) -> set[str]:
+        """Set the state of these instances in _seen from the failing-checks answer; return their services."""
+        keys, nodes = self._failing
+        services: set[str] = set()
+        for key in candidates:
+            seen = self._seen.get(key)
+            if seen is None:
+                continue  # not known yet: the whole answer brings it, with its address
+            passing = key not in keys and key[0] not in nodes
+            if seen[2] != passing:
+                self._seen[key] = (seen[0], seen[1], passing)
+                services.add(seen[0])
+        return services
 
     def _update_table(self, services: set[str]) -> None:
         changed: dict[str, frozenset[Instance]] = {}
@@ -305,10 +380,12 @@ class Discovery:
         for service in services:
             routable = frozenset(inst for key in self._keys_of.get(service, ())
                                  if self._seen[key][2] and (inst := self._book.get(key, (None, None))[1]) is not None)
+            # a service first routed whole by the services watch is the checks watch's from its first check on
+            taken_over = bool(self._keys_of.get(service)) and self._unchecked.pop(service, None) is not None
             if not routable:
                 if not self._keys_of.get(service):
                     self._keys_of.pop(service, None)
-                if self._applied.pop(service, None) is not None:
+                if self._applied.pop(service, None) is not None or taken_over:
                     dropped.append(service)
             elif self._applied.get(service) != routable:
                 changed[service] = self._applied[service] = routable
@@ -318,6 +395,13 @@ class Discovery:
     async def _apply_services(self, answer: Answer, reconnected: bool) -> None:
         """Route tagged services none of whose instances has a check: read whole, on every services change."""
         await self._checks_read.wait()  # which services have checked instances is known only then
+        self._services_idle.clear()
+        try:
+            await self._route_unchecked(answer)
+        finally:
+            self._services_idle.set()
+
+    async def _route_unchecked(self, answer: Answer) -> None:
         tagged = {name for name, tags in (answer.json() or {}).items() if MARKER_TAG in (tags or ())}
         unchecked = tagged - self._keys_of.keys()
         reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', list, passing="1")
@@ -343,7 +427,11 @@ class Discovery:
         nodes, services = plan_reads(needed, seen)
         reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries)
                  for node in nodes]
-        reads += [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', list)
+        ids: dict[str, set[str]] = {}
+        for node, service_id in needed:
+            if node not in nodes:
+                ids.setdefault(seen[(node, service_id)][0], set()).add(service_id)
+        reads += [self._read(f"/v1/health/service/{service}", service_filter(ids[service]), list)
                   for service in services]
         for entries in await asyncio.gather(*reads):
             for entry in entries:

@@ -27,8 +27,9 @@ POLICIES: dict[str, Policy] = {"random": pick_random, "least_in_flight": pick_le
 
 
 class RoutingTable:
-    """Filled by discovery, read by the request path. Lookups are dict reads; updates rebuild per service,
-    and `rules` (wrapper.routes) decide there, once per update, which services may serve each model."""
+    """Filled by discovery, read by the request path. Lookups are dict reads; updates rebuild only the models
+    of the changed services, and `rules` (wrapper.routes) decide there, once per update, which services
+    may serve each model."""
 
     def __init__(self, policy: Policy = pick_random, cooldown: float = 5.0, rules: RouteRules | None = None) -> None:
         self.policy = policy
@@ -36,23 +37,27 @@ class RoutingTable:
         self.rules = rules if rules is not None else RouteRules()
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._by_model: dict[str, list[Instance]] = {}
+        self._services_of: dict[str, set[str]] = {}  # model -> the services whose instances claim it
         self.known_models: set[str] = set()  # every model ever seen, to tell 503 from 404
 
     # ---- updates (discovery) -----------------------------------------------------------------
 
     def set_service(self, service: str, instances: Iterable[Instance]) -> None:
-        self._set(service, instances)
-        self._rebuild()
+        self.update({service: instances})
 
     def update(self, changed: Mapping[str, Iterable[Instance]], dropped: Iterable[str] = ()) -> None:
-        """Several services at once, with one rebuild: discovery applies a whole catalog answer."""
+        """Several services at once: discovery applies a whole catalog answer. Only the models those
+        services serve (or served) are rebuilt, so a change costs what the changed models hold, not the
+        whole table (docs/performance.md, "Discovery at scale")."""
+        touched: set[str] = set()
         for service, instances in changed.items():
-            self._set(service, instances)
+            touched |= self._set(service, instances)
         for service in dropped:
-            self._by_service.pop(service, None)
-        self._rebuild()
+            touched |= self._set(service, ())
+        self._rebuild(touched)
 
-    def _set(self, service: str, instances: Iterable[Instance]) -> None:
+    def _set(self, service: str, instances: Iterable[Instance]) -> set[str]:
+        """Replace a service's instances; return the models it served before or serves now."""
         old = self._by_service.get(service, {})
         fresh: dict[str, Instance] = {}
         for inst in instances:
@@ -60,23 +65,36 @@ class RoutingTable:
             if kept is not None and kept.base_url == inst.base_url and kept.models == inst.models:
                 inst = kept  # keep in-flight counts and cool-downs across updates
             fresh[inst.id] = inst
+        before = {model for inst in old.values() for model in inst.models}
+        after = {model for inst in fresh.values() for model in inst.models}
+        for model in before - after:
+            services = self._services_of[model]
+            services.discard(service)
+            if not services:
+                del self._services_of[model]
+        for model in after - before:
+            self._services_of.setdefault(model, set()).add(service)
         if fresh:
             self._by_service[service] = fresh
         else:
             self._by_service.pop(service, None)
+        return before | after
 
     def drop_service(self, service: str) -> None:
-        if self._by_service.pop(service, None) is not None:
-            self._rebuild()
+        if service in self._by_service:
+            self.update({}, [service])
 
-    def _rebuild(self) -> None:
-        by_model: dict[str, list[Instance]] = {}
-        for instances in self._by_service.values():
-            for inst in instances.values():
-                for model in inst.models:
-                    by_model.setdefault(model, []).append(inst)
-        self._by_model = self.rules.apply(by_model)
-        self.known_models.update(self._by_model)
+    def _rebuild(self, models: Iterable[str]) -> None:
+        by_model = {model: [inst for service in self._services_of.get(model, ())
+                            for inst in self._by_service[service].values() if model in inst.models]
+                    for model in models}
+        kept = self.rules.apply(by_model)
+        for model in by_model:
+            if kept.get(model):
+                self._by_model[model] = kept[model]
+            else:
+                self._by_model.pop(model, None)
+        self.known_models.update(model for model, instances in kept.items() if instances)
 
     # ---- reads (request path) ----------------------------------------------------------------
 

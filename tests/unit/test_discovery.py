@@ -240,3 +240,48 @@ def test_tagged_services_without_checked_instances_are_read_whole_from_the_servi
         assert table.models() == ["s0"]
 
     asyncio.run(scenario())
+
+
+def test_the_failing_checks_watch_flips_instances_at_once_and_the_newer_answer_decides():
+    """The small failing-checks answer takes an instance out (and back) before the whole answer follows; an
+    older answer of either watch never overrides a newer one's states."""
+    async def scenario() -> None:
+        consul = ScriptedConsul()
+        table = RecordingTable()
+        discovery = Discovery(ConsulSettings(), table, WrapperSettings())
+        discovery._consul = consul  # type: ignore[assignment]
+        consul.bodies["/v1/catalog/node-services/n1"] = {
+            "Node": {"Node": "n1", "Address": "127.0.0.1"},
+            "Services": [service_entry("n1", f"s{k}", 1)["Service"] for k in range(10)]}
+        checks = [check("n1")] + [check("n1", f"s{k}-1") for k in range(10)]
+
+        def answer(body: list[dict], index: int) -> Answer:
+            return Answer(index=index, raw=orjson.dumps(body), filtered_by_acls=False)
+
+        await discovery._apply(answer(checks, 10), False)
+        assert len(table.models()) == 10
+        consul.reads.clear()
+        await discovery._apply_failing(answer([check("n1", "s3-1", "critical")], 11), False)
+        assert "s3" not in table.models() and consul.reads == []  # out at once, nothing read
+        await discovery._apply(answer(checks, 9), False)  # an older whole answer: s3 stays out
+        assert "s3" not in table.models()
+        await discovery._apply_failing(answer([check("n1", status="critical")], 12), False)
+        assert table.models() == []  # the node fails: all its instances
+        await discovery._apply_failing(answer([], 13), False)
+        assert len(table.models()) == 10  # all pass again
+        await discovery._apply(answer([c if c["ServiceID"] != "s1-1" else check("n1", "s1-1", "warning")
+                                       for c in checks], 14), False)
+        await discovery._apply_failing(answer([], 13), False)  # older than the whole answer: ignored
+        assert "s1" not in table.models() and len(table.models()) == 9
+
+    asyncio.run(scenario())
+
+
+def test_a_few_new_instances_of_a_service_are_read_by_id_and_odd_ids_fall_back_to_the_whole_service():
+    from svc_mgr.discovery import IDS_PER_READ, service_filter
+
+    assert service_filter({"b-2", "a-1"}) == (f'"{MARKER_TAG}" in Service.Tags and '
+                                              '(Service.ID == "a-1" or Service.ID == "b-2")')
+    whole = f'"{MARKER_TAG}" in Service.Tags'
+    assert service_filter({f"x-{i}" for i in range(IDS_PER_READ + 1)}) == whole
+    assert service_filter({'x" or 1 == 1 or "'}) == whole  # nothing quoted into the expression unescaped

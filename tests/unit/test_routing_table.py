@@ -62,3 +62,35 @@ def test_cooled_down_instances_are_used_only_when_alone():
     assert all(table.pick("m") is b for _ in range(50))
     table.cool_down(b)
     assert {table.pick("m").id for _ in range(100)} == {"svc-1", "svc-2"}
+
+
+def test_incremental_updates_give_the_table_a_full_rebuild_would():
+    """Updates rebuild only the changed services' models: after any sequence of changes the table must be
+    what building it from scratch out of the final services gives (random sequences, fixed seed)."""
+    import random
+
+    from svc_mgr.routes import RouteRules
+
+    rng = random.Random(7)
+    rules = {"m0": ["s0", "s1"], "m1*": ["s2"]}
+    table = RoutingTable(rules=RouteRules(rules))
+    services: dict[str, list[Instance]] = {}
+    for step in range(600):
+        service = f"s{rng.randrange(6)}"
+        if rng.random() < 0.2:
+            table.update({}, [service])
+            services.pop(service, None)
+        else:
+            instances = [inst(rng.randrange(8), rng.sample(["m0", "m1", "m10", "m2", "m3"], rng.randrange(1, 3)),
+                              service) for _ in range(rng.randrange(4))]
+            table.update({service: instances})
+            fresh = {i.id: i for i in instances}
+            if fresh:
+                services[service] = list(fresh.values())
+            else:
+                services.pop(service, None)
+        scratch = RoutingTable(rules=RouteRules(rules))
+        scratch.update(services)
+        assert table.models() == scratch.models(), step
+        for model in scratch.models():
+            assert sorted(i.id for i in table.instances(model)) == sorted(i.id for i in scratch.instances(model))
