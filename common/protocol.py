@@ -1,6 +1,6 @@
 """uvicorn's httptools protocol, guarded against hostile clients before a request reaches the app: a cap
-on the request line and headers (431) and on a chunked body's framing and trailers, a deadline for the
-headers (408), a bound on a body left unread after the answer, and the 503 over limits.max_connections
+on the request line and headers (431) and on a chunked body's framing and trailers, deadlines for the
+headers and for each next read of a body (408), a bound on a body left unread after the answer, and the 503 over limits.max_connections
 in OpenAI's shape. Parsing stays httptools'; this
 only counts bytes and keeps one timer per connection (see docs/reliability.md)."""
 from __future__ import annotations
@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .errors import InvalidRequest, OpenAIError, Unavailable, error_json
 from .http import JSON, REQUEST_ID, assign_request_id, error_response, new_request_id, scope_request_id
+from .http import body_timeout as _body_timeout
 from .settings import LimitSettings
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._drop(data)
             return
         self._feed(data)
-        if self._in_headers and self._read_timer is None and not self._rejected:
-            # a request's headers span reads: they get header_timeout from the first of them on
-            self._arm(self.limits.header_timeout, self._headers_timed_out)
+        if self._rejected:
+            return
+        if self._in_headers:
+            if self._read_timer is None:
+                # a request's headers span reads: they get header_timeout from the first of them on
+                self._arm(self.limits.header_timeout, self._headers_timed_out)
+        elif self._header_room is None and not self.cycle.response_complete:
+            # a body spans reads: each next read must come within body_timeout (nginx's client_body_timeout)
+            self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def _feed(self, data: bytes) -> None:
         # httptools has no cap and joins a long header's pieces over and over (a 64 MiB header cost seconds
@@ -162,6 +169,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reject(OpenAIError(f"The request line and headers did not arrive within "
                                  f"{self.limits.header_timeout:g} seconds.", status=408,
                                  type="invalid_request_error", code="header_timeout"), linger=False)
+
+    def _body_timed_out(self) -> None:
+        self._read_timer = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_started or self.transport.is_closing():
+            self._close()  # an answer is under way: it cannot become a 408 any more
+            return
+        # the app is waiting for the rest of the body: answer for it; it then sees the client gone
+        error = _body_timeout(self.limits.body_timeout)
+        _log_rejection(scope_request_id(cycle.scope), error)
+        self._rejected = True
+        self.transport.write(raw_response(error, scope_request_id(cycle.scope), self.server_state.default_headers))
+        cycle.disconnected = True  # the app's receive() says so at once; whatever it still sends goes nowhere
+        cycle.message_event.set()
+        self._close()
 
     def _reject(self, error: OpenAIError, *, linger: bool) -> None:
         """Answer `error` outside the app, with a new request id, and close the connection."""

@@ -66,7 +66,7 @@ class Worker:
     async def _parse(self, request: Request, capability: Capability) -> tuple[dict[str, Any], str, bytes]:
         self._authorize(request)
         limits = self.settings.limits
-        raw = await read_body(request, limits.max_body_bytes, timeout=limits.body_timeout)
+        raw = await read_body(request, limits.max_body_bytes)
         body = wire.parse_body(raw, limits)
         model = wire.require_routing_fields(body, capability)
         wire.check_fields(body, capability, limits)

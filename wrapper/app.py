@@ -71,7 +71,7 @@ class Wrapper:
         rid = request_id(request)
         limits = self.settings.limits
         key = self.keys.authenticate(request.headers.get("authorization"))
-        raw = await read_body(request, limits.max_body_bytes, timeout=limits.body_timeout)
+        raw = await read_body(request, limits.max_body_bytes)
         model, stream = self._admit(raw, capability)
         if not self.keys.allows(key, model):
             raise model_not_found(model)

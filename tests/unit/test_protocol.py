@@ -217,3 +217,30 @@ def test_invalid_http_is_an_openai_shaped_400_with_a_request_id():
     answer = bytes(transport.written)
     assert statuses(transport) == [400] and b"\r\nx-request-id: " in answer
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_http"
+
+
+def test_a_body_that_stops_arriving_gets_408_and_the_app_sees_the_client_gone():
+    async def run() -> FakeTransport:
+        protocol, transport = connection(body_timeout=0.05)
+        protocol.data_received(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"mo")
+        await asyncio.sleep(0.3)
+        return transport
+
+    transport = asyncio.run(run())
+    assert statuses(transport) == [408] and transport.closing
+    assert b'"body_timeout"' in transport.written and b"x-request-id: " in transport.written.lower()
+
+
+def test_the_body_timeout_is_per_read_not_for_the_whole_body():
+    """Eight pieces 0.03 s apart take longer than the 0.1 s timeout in all, but each read comes within it."""
+    async def run() -> FakeTransport:
+        protocol, transport = connection(body_timeout=0.1)
+        protocol.data_received(b"POST / HTTP/1.1\r\nContent-Length: 8\r\n\r\n")
+        for _ in range(8):
+            await asyncio.sleep(0.03)
+            protocol.data_received(b"x")
+        await settle()
+        return transport
+
+    transport = asyncio.run(run())
+    assert statuses(transport) == [200] and transport.written.endswith(b"8") and not transport.closing
