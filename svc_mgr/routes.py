@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Mapping, Sequence
-
-from .entry import Instance
+from collections.abc import Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
 _GLOB_CHARS = frozenset("*?[")
+NAMED_IN_WARNING = 10  # services a warning names; a catalog may have thousands
 
 
 def is_glob(pattern: str) -> bool:
@@ -47,23 +46,18 @@ class RouteRules:
         self._rule_of[model] = rule
         return rule
 
-    def apply(self, by_model: dict[str, list[Instance]]) -> dict[str, list[Instance]]:
-        """`by_model` with every instance a rule does not allow removed (and models left without any)."""
-        kept: dict[str, list[Instance]] = {}
-        for model, instances in by_model.items():
-            services = {inst.service for inst in instances}
-            allowed = self.allowed(model)
-            if allowed is None:
-                if len(services) > 1:
-                    self._warn_shared(model, services)
-                kept[model] = instances
-                continue
-            for service in services - allowed:
-                self._warn_refused(model, service, allowed)
-            permitted = [inst for inst in instances if inst.service in allowed]
-            if permitted:
-                kept[model] = permitted
-        return kept
+    def permits(self, model: str, service: str, claimants: Mapping[str, int]) -> bool:
+        """May `service` serve `model`? `claimants`: every service claiming the model now (for the warning
+        about a model several services claim without a rule)."""
+        allowed = self.allowed(model)
+        if allowed is None:
+            if len(claimants) > 1:
+                self._warn_shared(model, claimants)
+            return True
+        if service in allowed:
+            return True
+        self._warn_refused(model, service, allowed)
+        return False
 
     def _warn_refused(self, model: str, service: str, allowed: frozenset[str]) -> None:
         if (model, service) not in self._refused:
@@ -71,8 +65,10 @@ class RouteRules:
             log.warning("service %r claims model %r, which wrapper.routes lets only %s serve; not routing %r "
                         "to it", service, model, ", ".join(sorted(allowed)) or "no service", model)
 
-    def _warn_shared(self, model: str, services: set[str]) -> None:
+    def _warn_shared(self, model: str, services: Iterable[str]) -> None:
         if model not in self._shared:
             self._shared.add(model)
-            log.warning("model %r is claimed by different services (%s) and no wrapper.routes rule says which "
-                        "may serve it; routing to all of them", model, ", ".join(sorted(services)))
+            named = sorted(services)
+            more = f" and {len(named) - NAMED_IN_WARNING} more" if len(named) > NAMED_IN_WARNING else ""
+            log.warning("model %r is claimed by different services (%s%s) and no wrapper.routes rule says which "
+                        "may serve it; routing to all of them", model, ", ".join(named[:NAMED_IN_WARNING]), more)

@@ -27,9 +27,9 @@ POLICIES: dict[str, Policy] = {"random": pick_random, "least_in_flight": pick_le
 
 
 class RoutingTable:
-    """Filled by discovery, read by the request path. Lookups are dict reads; updates rebuild only the models
-    of the changed services, and `rules` (wrapper.routes) decide there, once per update, which services
-    may serve each model."""
+    """Filled by discovery, read by the request path. Lookups are dict reads; an update edits the lists of
+    the changed instances' models in place, and `rules` (wrapper.routes) decide there, never per request,
+    which services may serve each model."""
 
     def __init__(self, policy: Policy = pick_random, cooldown: float = 5.0, rules: RouteRules | None = None) -> None:
         self.policy = policy
@@ -37,27 +37,25 @@ class RoutingTable:
         self.rules = rules if rules is not None else RouteRules()
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._by_model: dict[str, list[Instance]] = {}
-        self._services_of: dict[str, set[str]] = {}  # model -> the services whose instances claim it
+        self._services_of: dict[str, dict[str, int]] = {}  # model -> service -> its instances claiming it
+        self._slot: dict[tuple[str, str, str], int] = {}  # (model, service, instance id) -> index in _by_model
         self.known_models: set[str] = set()  # every model ever seen, to tell 503 from 404
 
     # ---- updates (discovery) -----------------------------------------------------------------
 
     def set_service(self, service: str, instances: Iterable[Instance]) -> None:
-        self.update({service: instances})
+        self._set(service, instances)
 
     def update(self, changed: Mapping[str, Iterable[Instance]], dropped: Iterable[str] = ()) -> None:
-        """Several services at once: discovery applies a whole catalog answer. Only the models those
-        services serve (or served) are rebuilt, so a change costs what the changed models hold, not the
-        whole table (docs/performance.md, "Discovery at scale")."""
-        touched: set[str] = set()
+        """Several services at once: discovery applies a whole catalog answer. A service's change costs
+        what that service holds, not what its models hold: each model's list is edited in place
+        (docs/performance.md, "The routing table beyond this machine")."""
         for service, instances in changed.items():
-            touched |= self._set(service, instances)
+            self._set(service, instances)
         for service in dropped:
-            touched |= self._set(service, ())
-        self._rebuild(touched)
+            self._set(service, ())
 
-    def _set(self, service: str, instances: Iterable[Instance]) -> set[str]:
-        """Replace a service's instances; return the models it served before or serves now."""
+    def _set(self, service: str, instances: Iterable[Instance]) -> None:
         old = self._by_service.get(service, {})
         fresh: dict[str, Instance] = {}
         for inst in instances:
@@ -65,36 +63,49 @@ class RoutingTable:
             if kept is not None and kept.base_url == inst.base_url and kept.models == inst.models:
                 inst = kept  # keep in-flight counts and cool-downs across updates
             fresh[inst.id] = inst
-        before = {model for inst in old.values() for model in inst.models}
-        after = {model for inst in fresh.values() for model in inst.models}
-        for model in before - after:
-            services = self._services_of[model]
-            services.discard(service)
-            if not services:
-                del self._services_of[model]
-        for model in after - before:
-            self._services_of.setdefault(model, set()).add(service)
+        for inst in old.values():
+            if fresh.get(inst.id) is not inst:
+                for model in inst.models:
+                    self._remove(model, inst)
+        for inst in fresh.values():
+            if old.get(inst.id) is not inst:
+                for model in inst.models:
+                    self._add(model, inst)
         if fresh:
             self._by_service[service] = fresh
         else:
             self._by_service.pop(service, None)
-        return before | after
+
+    def _add(self, model: str, inst: Instance) -> None:
+        services = self._services_of.setdefault(model, {})
+        services[inst.service] = services.get(inst.service, 0) + 1
+        if not self.rules.permits(model, inst.service, services):
+            return
+        routed = self._by_model.setdefault(model, [])
+        self._slot[(model, inst.service, inst.id)] = len(routed)
+        routed.append(inst)
+        self.known_models.add(model)
+
+    def _remove(self, model: str, inst: Instance) -> None:
+        services = self._services_of[model]
+        services[inst.service] -= 1
+        if not services[inst.service]:
+            del services[inst.service]
+            if not services:
+                del self._services_of[model]
+        slot = self._slot.pop((model, inst.service, inst.id), None)
+        if slot is None:
+            return  # a rule kept it off the model
+        routed = self._by_model[model]
+        last = routed.pop()  # swap-remove: O(1), and order means nothing to a random pick
+        if last is not inst:
+            routed[slot] = last
+            self._slot[(model, last.service, last.id)] = slot
+        if not routed:
+            del self._by_model[model]
 
     def drop_service(self, service: str) -> None:
-        if service in self._by_service:
-            self.update({}, [service])
-
-    def _rebuild(self, models: Iterable[str]) -> None:
-        by_model = {model: [inst for service in self._services_of.get(model, ())
-                            for inst in self._by_service[service].values() if model in inst.models]
-                    for model in models}
-        kept = self.rules.apply(by_model)
-        for model in by_model:
-            if kept.get(model):
-                self._by_model[model] = kept[model]
-            else:
-                self._by_model.pop(model, None)
-        self.known_models.update(model for model, instances in kept.items() if instances)
+        self._set(service, ())
 
     # ---- reads (request path) ----------------------------------------------------------------
 
