@@ -127,7 +127,7 @@ class Generator:
         return method if callable(method) else None
 
     def supports(self, capability: Capability) -> bool:
-        return any(self._method(name) for name in _METHODS[capability])
+        return any(self._method(name) for name in _METHODS.get(capability, ()))
 
     async def answer(self, capability: Capability, request: dict[str, Any]) -> Output:
         """One whole answer: the whole-answer method, else the stream joined."""

@@ -5,6 +5,8 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from common.wire import Capability
+
 from .entry import Instance
 from .routes import RouteRules
 
@@ -37,6 +39,9 @@ class RoutingTable:
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._by_model: dict[str, list[Instance]] = {}
         self.known_models: set[str] = set()  # every model ever seen, to tell 503 from 404
+        self._capabilities: dict[str, frozenset[Capability]] = {}  # per model: what any of its instances serves
+        # only for a model whose instances serve different endpoints: those serving each one
+        self._split: dict[tuple[str, Capability | None], list[Instance]] = {}
 
     # ---- updates (discovery) -----------------------------------------------------------------
 
@@ -57,7 +62,8 @@ class RoutingTable:
         fresh: dict[str, Instance] = {}
         for inst in instances:
             kept = old.get(inst.id)
-            if kept is not None and kept.base_url == inst.base_url and kept.models == inst.models:
+            if (kept is not None and kept.base_url == inst.base_url and kept.models == inst.models
+                    and kept.capabilities == inst.capabilities):
                 inst = kept  # keep in-flight counts and cool-downs across updates
             fresh[inst.id] = inst
         if fresh:
@@ -77,6 +83,18 @@ class RoutingTable:
                     by_model.setdefault(model, []).append(inst)
         self._by_model = self.rules.apply(by_model)
         self.known_models.update(self._by_model)
+        self._index_capabilities()
+
+    def _index_capabilities(self) -> None:
+        capabilities: dict[str, frozenset[Capability]] = {}
+        split: dict[tuple[str, Capability | None], list[Instance]] = {}
+        for model, instances in self._by_model.items():
+            served = frozenset().union(*(inst.capabilities for inst in instances))
+            capabilities[model] = served
+            if any(inst.capabilities != served for inst in instances):
+                for capability in served:
+                    split[model, capability] = [i for i in instances if capability in i.capabilities]
+        self._capabilities, self._split = capabilities, split
 
     # ---- reads (request path) ----------------------------------------------------------------
 
@@ -86,12 +104,19 @@ class RoutingTable:
     def instances(self, model: str) -> list[Instance]:
         return self._by_model.get(model, [])
 
-    def pick(self, model: str, exclude: Sequence[Instance] = ()) -> Instance | None:
-        """A healthy instance for `model`, preferring ones not cooling down; None if there is none.
+    def serves(self, model: str, capability: Capability) -> bool:
+        """False only for a model with instances none of which serves `capability`."""
+        served = self._capabilities.get(model)
+        return served is None or capability in served
+
+    def pick(self, model: str, exclude: Sequence[Instance] = (), capability: Capability | None = None
+             ) -> Instance | None:
+        """A healthy instance for `model` (that serves `capability`), preferring ones not cooling down;
+        None if there is none.
 
         O(1) in the usual case: the policy picks from all instances, and only when its choice is cooling
         down or excluded is the list filtered (a uniform pick stays uniform over what remains)."""
-        candidates = self._by_model.get(model)
+        candidates = (self._split and self._split.get((model, capability))) or self._by_model.get(model)
         if not candidates:
             return None
         now = time.monotonic()
