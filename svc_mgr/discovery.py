@@ -327,7 +327,7 @@ class Discovery:
             if service in self._keys_of:
                 continue  # its checks arrived during the read: the checks watch routes it from now on
             instances = [inst for inst in map(self.read_entry, entries) if inst is not None]
-            signature = frozenset((inst.id, inst.base_url, inst.models) for inst in instances)
+            signature = frozenset((inst.id, inst.base_url, inst.models, inst.capabilities) for inst in instances)
             if self._unchecked.get(service) != signature:
                 changed[service], self._unchecked[service] = instances, signature
         gone = [service for service in self._unchecked if service not in unchecked]
