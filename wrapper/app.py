@@ -107,9 +107,10 @@ class Wrapper:
         return Response(content, status_code=attempt.status, media_type=media_type, headers=headers)
 
     def _admit(self, raw: bytes, capability: Capability, content_type: str | None) -> tuple[str, bool]:
-        """Check the body (a form's when `content_type` is given); return its model and stream flag. The
-        parsed body is dropped on return, so it is not held while the worker works (only `raw` is sent on)."""
-        if content_type is not None or capability in wire.MULTIPART:
+        """Check the body (a form's, with its `content_type`, for an upload); return its model and stream
+        flag. The parsed body is dropped on return, so it is not held while the worker works (only `raw` is
+        sent on)."""
+        if capability in wire.MULTIPART:
             body, model = multipart.admit_form(raw, content_type, capability)
         else:
             body = wire.parse_body(raw, self.settings.limits)

@@ -16,6 +16,7 @@ import pytest
 
 from common.multipart import read_form
 from tests.support.fake_upstream import (
+    CUT_SPEECH,
     PNG,
     RESPONSE_TEXT,
     SPEECH_AUDIO,
@@ -33,6 +34,7 @@ from tests.support.servers import registered, routable, start_worker, unique_mod
 MODEL = unique_model("surface")  # the upstream's own name: requests pass byte for byte
 ALIASED = unique_model("aliased")  # renamed to UPSTREAM_NAME on the way up
 UPSTREAM_NAME = "upstream-name"
+CUT = unique_model("cut")  # its speech fails after the first chunk
 CHAT_ONLY = unique_model("chat-only")  # an openai_worker started with --capabilities chat
 WAV = b"RIFF" + bytes(range(256)) * 16  # any bytes: the relay never looks inside an upload
 
@@ -47,7 +49,7 @@ def upstream():
 @pytest.fixture(scope="module")
 def workers(module_procs, consul, upstream):
     env = {"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "sk-surface-test-key"}
-    start_worker(module_procs, consul, "", "--models", f"{MODEL},{ALIASED}={UPSTREAM_NAME}",
+    start_worker(module_procs, consul, "", "--models", f"{MODEL},{ALIASED}={UPSTREAM_NAME},{CUT}={CUT_SPEECH}",
                  "--svc-name", unique_model("surface-svc"), script="openai_worker.py", env=env)
     start_worker(module_procs, consul, "", "--models", CHAT_ONLY, "--capabilities", "chat",
                  "--svc-name", unique_model("chat-only-svc"), script="openai_worker.py", env=env)
@@ -114,6 +116,17 @@ def test_speech_streams_audio_as_it_arrives(client, upstream):
     assert upstream.speech_held_until_released is True
     path, _, body = last(upstream)
     assert (path, json.loads(body)["input"]) == ("/v1/audio/speech", "say this")
+
+
+def test_speech_that_fails_midway_cuts_the_clients_connection(url):
+    """No error can be framed inside audio: the client must see a truncated body, not a short 'success'."""
+    received = b""
+    with pytest.raises(httpx.HTTPError), httpx.stream(
+            "POST", f"{url}/audio/speech", json={"model": CUT, "input": "x", "voice": "alloy"}, timeout=30) as answer:
+        assert answer.status_code == 200
+        for chunk in answer.iter_bytes():
+            received += chunk
+    assert received == SPEECH_AUDIO[:SPEECH_FIRST]
 
 
 def test_transcription_form_bytes_pass_unchanged_both_ways(url, upstream, schemas):

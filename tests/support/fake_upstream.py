@@ -11,7 +11,8 @@ names picks the behaviour:
 
 Every other endpoint of the API surface (tests/e2e/test_api_surface.py) answers fixed bytes (`SURFACE`:
 path -> JSON answer; `speech_audio`, `transcript_*`) and records what it got (`received`: path, Content-Type
-and body bytes); `/audio/speech` sends its first chunk, then holds the rest back until `release_speech`.
+and body bytes); `/audio/speech` sends its first chunk, then holds the rest back until `release_speech`
+(for the upstream model `cut-speech`: closes the connection after the first chunk instead).
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ TRANSCRIPT_EVENTS = [
 ]
 SPEECH_AUDIO = b"".join(hashlib.sha256(bytes([i])).digest() for i in range(256)) * 8  # 64 KiB, not text
 SPEECH_FIRST = 4096  # bytes sent before the hold
+CUT_SPEECH = "cut-speech"  # the upstream model whose speech stops after the first chunk
 
 
 def response_events(model: str) -> list[dict[str, Any]]:
@@ -195,10 +197,14 @@ class FakeUpstream:
         return response
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
-        await self._record(request)
+        raw = await self._record(request)
         response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
         await response.prepare(request)
         await response.write(SPEECH_AUDIO[:SPEECH_FIRST])
+        if orjson.loads(raw)["model"] == CUT_SPEECH:
+            assert request.transport is not None
+            request.transport.close()
+            return response
         released = await asyncio.get_running_loop().run_in_executor(None, self._release_speech.wait, HOLD_SECONDS)
         self.speech_held_until_released = released
         await response.write(SPEECH_AUDIO[SPEECH_FIRST:])
