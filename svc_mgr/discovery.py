@@ -198,7 +198,7 @@ class Discovery:
         self._book: Book = {}
         self._keys_of: dict[str, set[Key]] = {}  # service -> its instances in _seen
         self._applied: dict[str, frozenset[Instance]] = {}  # service -> what the table routes to
-        self._unchecked: dict[str, frozenset[tuple[str, str, tuple[str, ...]]]] = {}  # service -> what was routed
+        self._unchecked: dict[str, frozenset[tuple[Any, ...]]] = {}  # service -> what was routed
         self._checks_read = asyncio.Event()
         self._services_read = asyncio.Event()
         self.ready = asyncio.Event()
