@@ -1,4 +1,5 @@
-"""python3 openai_worker.py HOST PORT [--models a,b|public=upstream] [--svc-name NAME]"""
+"""python3 openai_worker.py HOST PORT [--models a,b|public=upstream] [--svc-name NAME]
+    [--capabilities chat,responses,speech,...]"""
 import sys
 
 from worker.cli import openai_worker

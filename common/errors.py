@@ -74,6 +74,19 @@ def model_not_found(model: str) -> NotFound:
                     code="model_not_found")
 
 
+def unsupported_capability(model: str, path: str) -> InvalidRequest:
+    """A model that exists but whose workers do not serve this endpoint."""
+    return InvalidRequest(f"The model '{model}' does not support {path}.", param="model",
+                          code="unsupported_capability")
+
+
+def unsupported_endpoint(method: str, path: str) -> NotFound:
+    """An endpoint that needs state kept between requests (stored responses, files, batches...)."""
+    return NotFound(f"{method} {path} is not supported by this gateway: it keeps no state between requests "
+                    "(stored responses, files, batches and the like), and any worker may serve the next one.",
+                    code="unsupported_endpoint")
+
+
 def to_openai_error(exc: BaseException, method: str = "", path: str = "") -> OpenAIError:
     """Any failure as the OpenAI error the client sees. Unexpected ones never leak their details (the
     caller logs them); Starlette's and FastAPI's HTTP errors keep their status."""

@@ -91,6 +91,8 @@ class LimitSettings(_Section):
     # arrays and objects in one body, counted on the raw bytes before parsing: parsed, a 4 MiB body of
     # empty arrays would take ~150 MiB
     max_json_containers: int = Field(100_000, ge=100)
+    # a multipart/form-data body (an audio or image upload); JSON bodies keep max_body_bytes
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024)
 
 
 class RetrySettings(_Section):

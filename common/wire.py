@@ -23,13 +23,44 @@ class Capability(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    RESPONSES = "responses"
+    RESPONSES_INPUT_TOKENS = "responses_input_tokens"
+    SPEECH = "speech"
+    TRANSCRIPTION = "transcription"
+    TRANSLATION = "translation"
+    IMAGE_GENERATION = "image_generation"
+    IMAGE_EDIT = "image_edit"
+    MODERATION = "moderation"
+    RERANK = "rerank"
+    SCORE = "score"
 
 
 PATHS = {Capability.CHAT: "/v1/chat/completions", Capability.COMPLETION: "/v1/completions",
-         Capability.EMBEDDING: "/v1/embeddings"}
+         Capability.EMBEDDING: "/v1/embeddings", Capability.RESPONSES: "/v1/responses",
+         Capability.RESPONSES_INPUT_TOKENS: "/v1/responses/input_tokens", Capability.SPEECH: "/v1/audio/speech",
+         Capability.TRANSCRIPTION: "/v1/audio/transcriptions", Capability.TRANSLATION: "/v1/audio/translations",
+         Capability.IMAGE_GENERATION: "/v1/images/generations", Capability.IMAGE_EDIT: "/v1/images/edits",
+         Capability.MODERATION: "/v1/moderations", Capability.RERANK: "/v1/rerank", Capability.SCORE: "/v1/score"}
 
 # What each endpoint's body must carry besides `model`, for routing and validation.
-INPUT_FIELD = {Capability.CHAT: "messages", Capability.COMPLETION: "prompt", Capability.EMBEDDING: "input"}
+INPUT_FIELD = {Capability.CHAT: "messages", Capability.COMPLETION: "prompt", Capability.EMBEDDING: "input",
+               Capability.RESPONSES: "input", Capability.RESPONSES_INPUT_TOKENS: "input",
+               Capability.SPEECH: "input", Capability.TRANSCRIPTION: "file", Capability.TRANSLATION: "file",
+               Capability.IMAGE_GENERATION: "prompt", Capability.IMAGE_EDIT: "image",
+               Capability.MODERATION: "input", Capability.RERANK: "documents", Capability.SCORE: "text_1"}
+
+# Endpoints whose body is multipart/form-data (an upload) rather than JSON.
+MULTIPART = frozenset({Capability.TRANSCRIPTION, Capability.TRANSLATION, Capability.IMAGE_EDIT})
+
+# Endpoints whose answer is binary (audio), relayed chunk by chunk as it arrives, never read whole.
+BINARY_ANSWER = frozenset({Capability.SPEECH})
+
+# What a worker that registers no capabilities serves (registrations older than capabilities).
+LEGACY_CAPABILITIES = frozenset({Capability.CHAT, Capability.COMPLETION, Capability.EMBEDDING})
+
+# Fields that point at state kept by an earlier request: the gateway cannot promise the same worker.
+STATEFUL_FIELDS = {Capability.RESPONSES: ("previous_response_id", "conversation"),
+                   Capability.RESPONSES_INPUT_TOKENS: ("previous_response_id", "conversation")}
 
 
 def new_id(prefix: str) -> str:
@@ -121,11 +152,16 @@ def require_routing_fields(body: dict[str, Any], capability: Capability) -> str:
     if not isinstance(model, str):
         raise InvalidRequest("'model' must be a string.", param="model", code="invalid_type")
     field = INPUT_FIELD[capability]
-    if field not in body:
+    if field not in body and capability not in MULTIPART:  # a form's file is checked by the form reader
         raise InvalidRequest(f"Missing required parameter: '{field}'.", param=field, code="missing_required_parameter")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
+    for name in STATEFUL_FIELDS.get(capability, ()):
+        if body.get(name) is not None:
+            raise InvalidRequest(f"'{name}' needs state kept by an earlier request, which this gateway does not "
+                                 "keep (any worker may serve the next request); send the whole conversation in "
+                                 "'input' instead.", param=name, code="unsupported_parameter")
     return model
 
 
@@ -309,6 +345,27 @@ def _stop_ok(v: Any) -> bool:
     return v is None or isinstance(v, str) or (isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) for s in v))
 
 
+def _optional_str(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _responses_input_ok(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and all(isinstance(item, dict) for item in v))
+
+
+def _moderation_input_ok(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and len(v) > 0 and (
+        all(isinstance(p, str) for p in v) or all(isinstance(p, dict) for p in v)))
+
+
+def _documents_ok(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(isinstance(d, (str, dict)) for d in v)
+
+
+def _texts_ok(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and len(v) > 0 and all(isinstance(t, str) for t in v))
+
+
 Check = tuple[Callable[[Any], bool], str]
 
 
@@ -351,6 +408,45 @@ _CHECKS: dict[Capability, dict[str, Check]] = {
         "encoding_format": (lambda v: v in ("float", "base64"), "'encoding_format' must be 'float' or 'base64'."),
         "dimensions": _int_field("dimensions", 1),
     },
+    Capability.RESPONSES: {
+        "input": (_responses_input_ok, "'input' must be a string or an array of input items."),
+        "instructions": (_optional_str, "'instructions' must be a string."),
+        "max_output_tokens": _int_field("max_output_tokens", 1),
+        "tools": (lambda v: v is None or isinstance(v, list), "'tools' must be an array."),
+        "temperature": _SAMPLING["temperature"],
+        "top_p": _SAMPLING["top_p"],
+    },
+    Capability.RESPONSES_INPUT_TOKENS: {
+        "input": (_responses_input_ok, "'input' must be a string or an array of input items."),
+    },
+    Capability.SPEECH: {
+        "input": (lambda v: isinstance(v, str), "'input' must be a string."),
+        "voice": (lambda v: v is None or isinstance(v, (str, dict)), "'voice' must be a string or an object."),
+        "response_format": (lambda v: v is None or isinstance(v, str), "'response_format' must be a string."),
+        "speed": _number_field("speed", 0.25, 4),
+    },
+    Capability.TRANSCRIPTION: {},  # form fields arrive as text; the worker checks their values
+    Capability.TRANSLATION: {},
+    Capability.IMAGE_GENERATION: {
+        "prompt": (lambda v: isinstance(v, str), "'prompt' must be a string."),
+        "n": _int_field("n", 1, 10),
+        "size": (_optional_str, "'size' must be a string."),
+        "response_format": (_optional_str, "'response_format' must be a string."),
+    },
+    Capability.IMAGE_EDIT: {},
+    Capability.MODERATION: {
+        "input": (_moderation_input_ok, "'input' must be a string, or a non-empty array of strings or of "
+                                        "input objects."),
+    },
+    Capability.RERANK: {
+        "query": (lambda v: isinstance(v, str), "'query' must be a string."),
+        "documents": (_documents_ok, "'documents' must be a non-empty array of strings or of objects."),
+        "top_n": _int_field("top_n", 1),
+    },
+    Capability.SCORE: {
+        "text_1": (_texts_ok, "'text_1' must be a string or a non-empty array of strings."),
+        "text_2": (_texts_ok, "'text_2' must be a string or a non-empty array of strings."),
+    },
 }
 
 
@@ -378,4 +474,10 @@ def _item_caps(capability: Capability, limits: LimitSettings) -> tuple[tuple[str
         return ("messages", limits.max_messages), ("functions", MAX_FUNCTIONS)
     if capability is Capability.COMPLETION:
         return (("prompt", limits.max_prompts),)
-    return (("input", limits.max_embedding_inputs),)
+    if capability in (Capability.EMBEDDING, Capability.MODERATION):
+        return (("input", limits.max_embedding_inputs),)
+    if capability is Capability.RERANK:
+        return (("documents", limits.max_embedding_inputs),)
+    if capability is Capability.SCORE:
+        return ("text_1", limits.max_embedding_inputs), ("text_2", limits.max_embedding_inputs)
+    return ()

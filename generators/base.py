@@ -127,7 +127,7 @@ class Generator:
         return method if callable(method) else None
 
     def supports(self, capability: Capability) -> bool:
-        return any(self._method(name) for name in _METHODS[capability])
+        return any(self._method(name) for name in _METHODS.get(capability, ()))
 
     async def answer(self, capability: Capability, request: dict[str, Any]) -> Output:
         """One whole answer: the whole-answer method, else the stream joined."""
@@ -179,7 +179,9 @@ class ProxyGenerator(Generator):
     """A Generator that relays another OpenAI-compatible API: the worker hands it the client's raw
     request and relays the upstream's bytes, instead of shaping answers itself."""
 
-    async def forward(self, capability: Capability, request: dict[str, Any], raw: bytes) -> Forwarded:
+    async def forward(self, capability: Capability, request: dict[str, Any], raw: bytes,
+                      content_type: str | None = None) -> Forwarded:
+        """`content_type` is a multipart form's (with its boundary); None for a JSON body."""
         raise NotImplementedError
 
 

@@ -17,17 +17,18 @@ from typing import Any
 import httpx
 import orjson
 
+from common import multipart
 from common.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited
 from common.settings import UpstreamSettings, secret
-from common.wire import SSE, Capability, sse_error_event
+from common.wire import BINARY_ANSWER, PATHS, SSE, Capability, sse_error_event
 
 from .base import Forwarded, ProxyGenerator
 
 log = logging.getLogger(__name__)
 
 # below the upstream's base URL, which ends in /v1 as OpenAI's does
-UPSTREAM_PATHS = {Capability.CHAT: "/chat/completions", Capability.COMPLETION: "/completions",
-                  Capability.EMBEDDING: "/embeddings"}
+UPSTREAM_PATHS = {c: PATHS[c].removeprefix("/v1") for c in Capability}
+JSON = "application/json"
 PASS_THROUGH_STATUSES = frozenset({400, 404, 409, 413, 422})
 
 
@@ -44,21 +45,34 @@ def parse_aliases(spec: str | None) -> dict[str, str] | None:
     return aliases
 
 
+def parse_capabilities(spec: str | None) -> frozenset[Capability]:
+    """'chat,responses' -> those capabilities; None or 'all' means every one."""
+    if not spec or spec.strip() == "all":
+        return frozenset(Capability)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in Capability.__members__.values()]
+    if unknown or not names:
+        raise ValueError(f"--capabilities: {', '.join(unknown) or repr(spec)} is not a capability; "
+                         f"choose from all, {', '.join(Capability)}")
+    return frozenset(Capability(n) for n in names)
+
+
 class OpenAIUpstreamGen(ProxyGenerator):
     service_name = "openai-upstream"
     owned_by = "openai-upstream"
 
     def __init__(self, models: list[str] | None = None, aliases: dict[str, str] | None = None,
-                 upstream: UpstreamSettings | None = None) -> None:
+                 upstream: UpstreamSettings | None = None, capabilities: frozenset[Capability] | None = None) -> None:
         if aliases is None and models:  # e.g. template_worker.py's --models, which may hold PUBLIC=UPSTREAM items
             aliases = parse_aliases(",".join(models))
         self.aliases = dict(aliases or {})
         self.upstream = upstream or UpstreamSettings()
+        self.capabilities = frozenset(Capability) if capabilities is None else capabilities  # what the upstream serves
         self.models = tuple(self.aliases)  # filled from the upstream at start-up when empty
         self._client: httpx.AsyncClient | None = None
 
     def supports(self, capability: Capability) -> bool:
-        return capability in UPSTREAM_PATHS
+        return capability in self.capabilities
 
     async def startup(self) -> None:
         api_key = secret(self.upstream.api_key)
@@ -97,10 +111,10 @@ class OpenAIUpstreamGen(ProxyGenerator):
         if self._client is not None:
             await self._client.aclose()
 
-    async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
+    async def _send(self, method: str, path: str, body: bytes | None, content_type: str = JSON) -> httpx.Response:
         assert self._client is not None
         request = self._client.build_request(method, path, content=body,
-                                             headers={"Content-Type": "application/json"} if body else None)
+                                             headers={"Content-Type": content_type} if body else None)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException:
@@ -112,17 +126,24 @@ class OpenAIUpstreamGen(ProxyGenerator):
             await _raise_for_upstream(response, secret(self.upstream.api_key))
         return response
 
-    async def forward(self, capability: Capability, request: dict[str, Any], raw: bytes) -> Forwarded:
-        """Send the client's request upstream (re-encoded only when an alias renames the model)."""
+    async def forward(self, capability: Capability, request: dict[str, Any], raw: bytes,
+                      content_type: str | None = None) -> Forwarded:
+        """Send the client's request upstream (a form with its own `content_type`), changed only where an
+        alias renames the model: a JSON body re-encoded, a form's model field replaced in place."""
         upstream_model = self.aliases.get(request["model"], request["model"])
         if upstream_model != request["model"]:
-            raw = orjson.dumps({**request, "model": upstream_model})
-        response = await self._send("POST", UPSTREAM_PATHS[capability], raw)
+            if content_type is None:
+                raw = orjson.dumps({**request, "model": upstream_model})
+            else:
+                raw = multipart.replace_field(raw, content_type, "model", upstream_model)
+        response = await self._send("POST", UPSTREAM_PATHS[capability], raw, content_type or JSON)
         # the upstream's Content-Encoding and Content-Length describe bytes we decode: neither is passed on
-        content_type = response.headers.get("content-type", "application/json")
-        if content_type.startswith(SSE):
-            return Forwarded(response.status_code, content_type, _stream_chunks(response))
-        return Forwarded(response.status_code, content_type, await _whole_body(response))
+        answer_type = response.headers.get("content-type", JSON)
+        if answer_type.startswith(SSE):
+            return Forwarded(response.status_code, answer_type, _stream_chunks(response))
+        if capability in BINARY_ANSWER and not answer_type.startswith(JSON):  # audio, relayed as it arrives
+            return Forwarded(response.status_code, answer_type, _binary_chunks(response))
+        return Forwarded(response.status_code, answer_type, await _whole_body(response))
 
 
 def _failed_midway() -> BadGateway:
@@ -149,6 +170,19 @@ async def _stream_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None
             yield chunk
     except httpx.RequestError:
         yield sse_error_event(_failed_midway())
+    finally:
+        await response.aclose()
+
+
+async def _binary_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """A binary answer's chunks as they arrive; a failure midway raises, which cuts the client's connection
+    (a truncated body is the only signal a binary answer can carry)."""
+    try:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+    except httpx.RequestError:
+        log.warning("the upstream failed in the middle of a binary answer; cutting the connection")
+        raise
     finally:
         await response.aclose()
 

@@ -227,7 +227,7 @@ class Discovery:
         self._book: Book = {}
         self._keys_of: dict[str, set[Key]] = {}  # service -> its instances in _seen
         self._applied: dict[str, frozenset[Instance]] = {}  # service -> what the table routes to
-        self._unchecked: dict[str, frozenset[tuple[str, str, tuple[str, ...]]]] = {}  # service -> what was routed
+        self._unchecked: dict[str, frozenset[tuple[Any, ...]]] = {}  # service -> what was routed
         self._seen_index = 0  # the index of the whole checks answer _seen was built from
         self._failing: tuple[frozenset[Key], frozenset[str]] = (frozenset(), frozenset())
         self._failing_index = 0
@@ -411,7 +411,7 @@ class Discovery:
             if service in self._keys_of:
                 continue  # its checks arrived during the read: the checks watch routes it from now on
             instances = [inst for inst in map(self.read_entry, entries) if inst is not None]
-            signature = frozenset((inst.id, inst.base_url, inst.models) for inst in instances)
+            signature = frozenset((inst.id, inst.base_url, inst.models, inst.capabilities) for inst in instances)
             if self._unchecked.get(service) != signature:
                 changed[service], self._unchecked[service] = instances, signature
         gone = [service for service in self._unchecked if service not in unchecked]

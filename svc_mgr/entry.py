@@ -1,7 +1,10 @@
 """How a worker's models are written into its Consul service entry, and read back.
 
 A worker registers one service instance whose tags are the marker tag plus one `model=NAME` tag per
-model it serves (tags have no length cap, unlike meta values, which Consul limits to 512 characters).
+model it serves (tags have no length cap, unlike meta values, which Consul limits to 512 characters), and
+one `caps=chat,responses,...` tag naming the endpoints (wire.Capability) all its models serve: one
+Generator serves all of a worker's models, so one tag per instance keeps the entry compact. An entry
+without it (a worker older than capabilities) serves chat, completions and embeddings.
 
 Anyone who can write to Consul's catalog can register anything, so what an entry claims is checked
 before the wrapper routes to it: a malformed entry is skipped (with one warning per service id), never
@@ -16,10 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.wire import LEGACY_CAPABILITIES, Capability
+
 log = logging.getLogger(__name__)
 
 MARKER_TAG = "openai-api-wrapper"
 MODEL_TAG_PREFIX = "model="
+CAPS_TAG_PREFIX = "caps="
 
 # Bounds on what one registration may claim; an entry beyond them is skipped, not truncated.
 MAX_MODEL_NAME_LENGTH = 256  # characters of one model name (OpenAI's ids are far shorter)
@@ -40,8 +46,27 @@ def http_base(address: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def model_tags(models: Iterable[str]) -> list[str]:
-    return [MARKER_TAG, *(MODEL_TAG_PREFIX + m for m in models)]
+def model_tags(models: Iterable[str], capabilities: Iterable[Capability] | None = None) -> list[str]:
+    """The entry's tags; without `capabilities`, none is claimed (read back as the legacy set)."""
+    tags = [MARKER_TAG, *(MODEL_TAG_PREFIX + m for m in models)]
+    if capabilities is not None:
+        tags.append(CAPS_TAG_PREFIX + ",".join(sorted(capabilities)))
+    return tags
+
+
+_KNOWN_CAPABILITIES = {c.value: c for c in Capability}
+
+
+def capabilities_from_tags(tags: Iterable[str]) -> frozenset[Capability]:
+    """What the entry's `caps=` tags claim; names this wrapper does not know (a newer worker's) are
+    ignored. No tag at all: the legacy set."""
+    claimed: set[Capability] | None = None
+    for tag in tags:
+        if tag.startswith(CAPS_TAG_PREFIX):
+            claimed = claimed or set()
+            names = tag[len(CAPS_TAG_PREFIX):].split(",")
+            claimed.update(_KNOWN_CAPABILITIES[n] for n in names if n in _KNOWN_CAPABILITIES)
+    return LEGACY_CAPABILITIES if claimed is None else frozenset(claimed)
 
 
 def models_from_tags(tags: Iterable[str]) -> tuple[str, ...]:
@@ -57,6 +82,7 @@ class Instance:
     address: str
     port: int
     models: tuple[str, ...]
+    capabilities: frozenset[Capability] = LEGACY_CAPABILITIES  # the endpoints all its models serve
     base_url: str = field(init=False)
     in_flight: int = field(default=0, compare=False)
     cooled_until: float = field(default=0.0, compare=False)
@@ -125,7 +151,8 @@ def parse_instance(entry: Any) -> Instance | None:
     if not isinstance(address, str) or not valid_host(address):
         raise BadEntry(f"address {address!r} is not an IP address or a DNS name")
     return Instance(id=_text(svc.get("ID"), "the service id"), service=_text(svc.get("Service"), "the service name"),
-                    address=address, port=_port(svc.get("Port")), models=_models(tags))
+                    address=address, port=_port(svc.get("Port")), models=_models(tags),
+                    capabilities=capabilities_from_tags(t for t in tags if isinstance(t, str)))
 
 
 class EntryReader:

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from common.settings import ConsulSettings, WorkerSettings
+from common.wire import Capability
 
 from .consul_client import AsyncConsul, ConsulException, connect
 from .entry import model_tags, service_id
@@ -22,7 +23,8 @@ class ConsulUnreachable(Exception):
 
 class Registration:
     def __init__(self, consul_settings: ConsulSettings, worker: WorkerSettings, *, name: str, host: str,
-                 port: int, models: Sequence[str], health_url: str) -> None:
+                 port: int, models: Sequence[str], health_url: str,
+                 capabilities: Sequence[Capability] | None = None) -> None:
         self.consul_settings = consul_settings
         self.worker = worker
         self.name = name
@@ -30,6 +32,7 @@ class Registration:
         self.host = host
         self.port = port
         self.models = list(models)
+        self.capabilities = capabilities  # None: claim none (read back as the legacy set)
         # Consul's check names the instance it expects: a worker that took over the port of a stale
         # registration answers 503 to it, so the stale entry goes critical instead of passing for that worker
         self.check_url = f"{health_url}?{urlencode({'id': self.id})}"
@@ -53,7 +56,7 @@ class Registration:
         }
         await self.consul.agent.service.register(
             self.name, service_id=self.id, address=self.host, port=self.port,
-            tags=model_tags(self.models), meta={"models": ",".join(self.models)[:512]}, check=check)
+            tags=model_tags(self.models, self.capabilities), meta={"models": ",".join(self.models)[:512]}, check=check)
 
     async def register(self) -> None:
         """Register, retrying a few times; ConsulUnreachable names the address if it never works."""

@@ -5,6 +5,8 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from common.wire import Capability
+
 from .entry import Instance
 from .routes import RouteRules
 
@@ -40,35 +42,45 @@ class RoutingTable:
         self._services_of: dict[str, dict[str, int]] = {}  # model -> service -> its instances claiming it
         self._slot: dict[tuple[str, str, str], int] = {}  # (model, service, instance id) -> index in _by_model
         self.known_models: set[str] = set()  # every model ever seen, to tell 503 from 404
+        self._capabilities: dict[str, frozenset[Capability]] = {}  # per model: what any of its instances serves
+        self._serving: dict[str, dict[Capability, int]] = {}  # per model: its routed instances serving each
+        # only for a model whose instances serve different endpoints: those serving each one
+        self._split: dict[tuple[str, Capability | None], list[Instance]] = {}
 
     # ---- updates (discovery) -----------------------------------------------------------------
 
     def set_service(self, service: str, instances: Iterable[Instance]) -> None:
-        self._set(service, instances)
+        self.update({service: instances})
 
     def update(self, changed: Mapping[str, Iterable[Instance]], dropped: Iterable[str] = ()) -> None:
         """Several services at once: discovery applies a whole catalog answer. A service's change costs
         what that service holds, not what its models hold: each model's list is edited in place
         (docs/performance.md, "The routing table beyond this machine")."""
+        touched: set[str] = set()
         for service, instances in changed.items():
-            self._set(service, instances)
+            self._set(service, instances, touched)
         for service in dropped:
-            self._set(service, ())
+            self._set(service, (), touched)
+        for model in touched:
+            self._index_capabilities(model)
 
-    def _set(self, service: str, instances: Iterable[Instance]) -> None:
+    def _set(self, service: str, instances: Iterable[Instance], touched: set[str]) -> None:
         old = self._by_service.get(service, {})
         fresh: dict[str, Instance] = {}
         for inst in instances:
             kept = old.get(inst.id)
-            if kept is not None and kept.base_url == inst.base_url and kept.models == inst.models:
+            if (kept is not None and kept.base_url == inst.base_url and kept.models == inst.models
+                    and kept.capabilities == inst.capabilities):
                 inst = kept  # keep in-flight counts and cool-downs across updates
             fresh[inst.id] = inst
         for inst in old.values():
             if fresh.get(inst.id) is not inst:
+                touched.update(inst.models)
                 for model in inst.models:
                     self._remove(model, inst)
         for inst in fresh.values():
             if old.get(inst.id) is not inst:
+                touched.update(inst.models)
                 for model in inst.models:
                     self._add(model, inst)
         if fresh:
@@ -85,6 +97,9 @@ class RoutingTable:
         self._slot[(model, inst.service, inst.id)] = len(routed)
         routed.append(inst)
         self.known_models.add(model)
+        serving = self._serving.setdefault(model, {})
+        for capability in inst.capabilities:
+            serving[capability] = serving.get(capability, 0) + 1
 
     def _remove(self, model: str, inst: Instance) -> None:
         services = self._services_of[model]
@@ -96,6 +111,9 @@ class RoutingTable:
         slot = self._slot.pop((model, inst.service, inst.id), None)
         if slot is None:
             return  # a rule kept it off the model
+        serving = self._serving[model]
+        for capability in inst.capabilities:
+            serving[capability] -= 1
         routed = self._by_model[model]
         last = routed.pop()  # swap-remove: O(1), and order means nothing to a random pick
         if last is not inst:
@@ -103,9 +121,25 @@ class RoutingTable:
             self._slot[(model, last.service, last.id)] = slot
         if not routed:
             del self._by_model[model]
+            del self._serving[model]
+
+    def _index_capabilities(self, model: str) -> None:
+        """What `model` serves, from counts kept by _add and _remove; lists per capability only when its
+        instances differ (rare: then the cost is the model's instances, once per change)."""
+        for capability in self._capabilities.pop(model, ()):
+            self._split.pop((model, capability), None)
+        routed = self._by_model.get(model)
+        if not routed:
+            return
+        serving = self._serving[model]
+        served = frozenset(c for c, n in serving.items() if n)
+        self._capabilities[model] = served
+        if any(serving[c] < len(routed) for c in served):
+            for capability in served:
+                self._split[model, capability] = [i for i in routed if capability in i.capabilities]
 
     def drop_service(self, service: str) -> None:
-        self._set(service, ())
+        self.update({}, [service])
 
     # ---- reads (request path) ----------------------------------------------------------------
 
@@ -115,12 +149,19 @@ class RoutingTable:
     def instances(self, model: str) -> list[Instance]:
         return self._by_model.get(model, [])
 
-    def pick(self, model: str, exclude: Sequence[Instance] = ()) -> Instance | None:
-        """A healthy instance for `model`, preferring ones not cooling down; None if there is none.
+    def serves(self, model: str, capability: Capability) -> bool:
+        """False only for a model with instances none of which serves `capability`."""
+        served = self._capabilities.get(model)
+        return served is None or capability in served
+
+    def pick(self, model: str, exclude: Sequence[Instance] = (), capability: Capability | None = None
+             ) -> Instance | None:
+        """A healthy instance for `model` (that serves `capability`), preferring ones not cooling down;
+        None if there is none.
 
         O(1) in the usual case: the policy picks from all instances, and only when its choice is cooling
         down or excluded is the list filtered (a uniform pick stays uniform over what remains)."""
-        candidates = self._by_model.get(model)
+        candidates = (self._split and self._split.get((model, capability))) or self._by_model.get(model)
         if not candidates:
             return None
         now = time.monotonic()

@@ -32,6 +32,7 @@ from generators import Embeddings, Forwarded, Generator, Output, ProxyGenerator
 
 from .answers import Answers
 from .concurrency import ConcurrencyLimit
+from .relay import relay_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,13 @@ class Worker:
         body = wire.parse_body(raw, limits)
         model = wire.require_routing_fields(body, capability)
         wire.check_fields(body, capability, limits)
+        self.admit(model, capability)
+        log.debug("request %s: %s %s%s", request_id(request), capability, model,
+                 " stream" if wire.is_stream(body) else "")
+        return body, model, raw
+
+    def admit(self, model: str, capability: Capability) -> None:
+        """Refuse a model this worker does not serve, or an endpoint its Generator does not; count the call."""
         if model not in self.models:
             raise NotFound(f"The model '{model}' does not exist on this worker.", param="model",
                            code="model_not_found")
@@ -77,9 +85,6 @@ class Worker:
             raise InvalidRequest(f"The model '{model}' does not support {capability} requests.",
                                  param="model", code="unsupported_capability")
         self.served += 1
-        log.debug("request %s: %s %s%s", request_id(request), capability, model,
-                 " stream" if wire.is_stream(body) else "")
-        return body, model, raw
 
     # ---- endpoints ---------------------------------------------------------------------------
 
@@ -112,13 +117,14 @@ class Worker:
             return [await self.generator.answer(capability, body) for _ in range(wire.choice_count(body))]
 
     async def _forward(self, request: Request, proxy: ProxyGenerator, capability: Capability,
-                       body: dict[str, Any], raw: bytes) -> Response:
+                       body: dict[str, Any], raw: bytes, content_type: str | None = None) -> Response:
         """A proxy generator answers with its upstream's bytes: a JSON answer once it is whole, a stream
         chunk by chunk. Until then a client that hangs up cancels the upstream call, and so frees its
         concurrency slot, at once (the wrapper might otherwise send the same prompt elsewhere while this
         one still runs); after that SSEResponse watches for it."""
         try:
-            forwarded, release = await unless_disconnected(request, self._upstream(proxy, capability, body, raw))
+            forwarded, release = await unless_disconnected(
+                request, self._upstream(proxy, capability, body, raw, content_type))
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         if isinstance(forwarded.body, bytes):
@@ -126,13 +132,13 @@ class Worker:
         return SSEResponse(forwarded.body, forwarded.status, on_close=release, media_type=forwarded.content_type)
 
     async def _upstream(self, proxy: ProxyGenerator, capability: Capability, body: dict[str, Any],
-                        raw: bytes) -> tuple[Forwarded, Callable[[], None]]:
+                        raw: bytes, content_type: str | None) -> tuple[Forwarded, Callable[[], None]]:
         """Take a slot and call the upstream up to its whole JSON answer or a stream's first chunk. The slot
         is given back here on any failure or cancellation, and once a JSON answer is whole; a stream's
         when it ends (the release function returned, safe to call again)."""
         release = await self.limit.hold()
         try:
-            forwarded = await proxy.forward(capability, body, raw)
+            forwarded = await proxy.forward(capability, body, raw, content_type)
             if isinstance(forwarded.body, bytes):
                 release()
             else:
@@ -178,7 +184,7 @@ class Worker:
     def app(self) -> ASGIApp:
         api, asgi = openai_app("openai-api-wrapper worker", lifespan=self._lifespan, posts={
             wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
-            wire.PATHS[Capability.EMBEDDING]: self.embeddings})
+            wire.PATHS[Capability.EMBEDDING]: self.embeddings, **relay_endpoints(self)})
         api.add_api_route("/v1/models", self.models_list, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WorkerHealth)
         return asgi

@@ -67,14 +67,18 @@ def template_worker(argv: Sequence[str]) -> int:
 
 
 def openai_worker(argv: Sequence[str]) -> int:
-    from generators.openai_upstream import OpenAIUpstreamGen, parse_aliases
+    from generators.openai_upstream import OpenAIUpstreamGen, parse_aliases, parse_capabilities
 
     parser = base_parser("openai_worker.py", "Relay an OpenAI-compatible upstream as a worker.")
     _worker_options(parser)
+    parser.add_argument("--capabilities", default=None, metavar="CAPS",
+                        help="comma-separated endpoints the upstream serves, e.g. chat,embedding,speech "
+                             "(default: all); the wrapper refuses the others without a hop")
     args = parser.parse_args(argv)
     try:
         settings = _setup(args)
-        generator = OpenAIUpstreamGen(aliases=parse_aliases(args.models), upstream=settings.openai)
+        generator = OpenAIUpstreamGen(aliases=parse_aliases(args.models), upstream=settings.openai,
+                                      capabilities=parse_capabilities(args.capabilities))
     except (ConfigError, ValueError) as exc:
         return fail(str(exc))
     return _run_worker(args, settings, generator)

@@ -6,6 +6,7 @@ import aiohttp
 
 from common.server import serve, uvicorn_config
 from common.settings import Settings
+from common.wire import Capability
 from svc_mgr import Registration
 from svc_mgr.entry import http_base
 
@@ -18,7 +19,8 @@ async def serve_worker(worker: Worker, settings: Settings, host: str, port: int,
     await worker.start()  # before binding: a Generator that cannot start fails with one clear line
     health = http_base(advertised, port) + "/health"
     registration = Registration(settings.consul, settings.worker, name=service, host=advertised, port=port,
-                                models=worker.generator.models, health_url=health)
+                                models=worker.generator.models, health_url=health,
+                                capabilities=[c for c in Capability if worker.generator.supports(c)])
 
     async def after_start() -> None:
         # the very check Consul will run: it also proves the Worker knows the id it is registered under

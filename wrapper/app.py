@@ -12,12 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from common import wire
-from common.errors import model_not_found
+from common import multipart, wire
+from common.errors import model_not_found, unsupported_capability
 from common.http import (
     CLIENT_CLOSED,
     JSON,
     ClientGone,
+    Endpoint,
     SSEResponse,
     json_response,
     openai_app,
@@ -32,6 +33,7 @@ from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 
 from .auth import KeyRing
 from .hop import Hop
+from .unsupported import add_unsupported_routes
 
 
 class WrapperHealth(BaseModel):
@@ -67,34 +69,51 @@ class Wrapper:
     async def embeddings(self, request: Request) -> Response:
         return await self._route(request, Capability.EMBEDDING)
 
+    def _endpoint(self, capability: Capability) -> Endpoint:
+        async def route(request: Request) -> Response:
+            return await self._route(request, capability)
+        route.__name__ = capability.value
+        return route
+
     async def _route(self, request: Request, capability: Capability) -> Response:
         rid = request_id(request)
         limits = self.settings.limits
         key = self.keys.authenticate(request.headers.get("authorization"))
-        raw = await read_body(request, limits.max_body_bytes)
-        model, stream = self._admit(raw, capability)
+        form = capability in wire.MULTIPART
+        raw = await read_body(request, limits.max_upload_bytes if form else limits.max_body_bytes)
+        content_type = request.headers.get("content-type") if form else None  # sent on with its boundary
+        model, stream = self._admit(raw, capability, content_type)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
+        if not self.table.serves(model, capability):
+            raise unsupported_capability(model, wire.PATHS[capability])
+        whole = not stream and capability not in wire.BINARY_ANSWER
         try:
-            attempt = await unless_disconnected(
-                request, self.hop.open(model, wire.PATHS[capability], raw, rid, whole=not stream))
+            attempt = await unless_disconnected(request, self.hop.open(
+                model, wire.PATHS[capability], raw, rid, whole=whole, capability=capability, content_type=content_type))
         except ClientGone:
             log.debug("request %s: client went away; abandoned", rid)
             return Response(status_code=CLIENT_CLOSED)
         # DEBUG, not INFO: a log line per request costs a third of the throughput (docs/performance.md)
         log.debug("request %s: %s %s -> %s %d", rid, capability, model, attempt.instance.id, attempt.status)
         headers = attempt.headers()  # DirectRoutes adds X-Request-ID
-        if attempt.content is None and attempt.content_type.startswith(wire.SSE):
-            return SSEResponse(self.hop.stream(attempt), attempt.status, headers, on_close=attempt.close)
+        media_type = attempt.content_type
+        if attempt.content is None and not media_type.startswith(JSON):  # an event stream, or audio
+            chunks = self.hop.stream(attempt) if media_type.startswith(wire.SSE) else self.hop.relay(attempt)
+            return SSEResponse(chunks, attempt.status, headers, on_close=attempt.close, media_type=media_type)
         content = attempt.content if attempt.content is not None else await self.hop.read(attempt)
         attempt.close()
-        return Response(content, status_code=attempt.status, media_type=JSON, headers=headers)
+        return Response(content, status_code=attempt.status, media_type=media_type, headers=headers)
 
-    def _admit(self, raw: bytes, capability: Capability) -> tuple[str, bool]:
-        """Check the body; return its model and stream flag. The parsed body is dropped on return, so it
-        is not held while the worker works (only `raw` is sent on)."""
-        body = wire.parse_body(raw, self.settings.limits)
-        model = wire.require_routing_fields(body, capability)
+    def _admit(self, raw: bytes, capability: Capability, content_type: str | None) -> tuple[str, bool]:
+        """Check the body (a form's, with its `content_type`, for an upload); return its model and stream
+        flag. The parsed body is dropped on return, so it is not held while the worker works (only `raw` is
+        sent on)."""
+        if capability in wire.MULTIPART:
+            body, model = multipart.admit_form(raw, content_type, capability)
+        else:
+            body = wire.parse_body(raw, self.settings.limits)
+            model = wire.require_routing_fields(body, capability)
         wire.check_fields(body, capability, self.settings.limits)
         return model, wire.is_stream(body)
 
@@ -140,8 +159,10 @@ class Wrapper:
     def app(self) -> ASGIApp:
         api, asgi = openai_app("openai-api-wrapper", lifespan=self.lifespan, posts={
             wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
-            wire.PATHS[Capability.EMBEDDING]: self.embeddings})
+            wire.PATHS[Capability.EMBEDDING]: self.embeddings,
+            **{wire.PATHS[c]: self._endpoint(c) for c in Capability if c not in wire.LEGACY_CAPABILITIES}})
         api.add_api_route("/v1/models", self.models, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/v1/models/{model:path}", self.model, methods=["GET"], response_model=wire.ModelObject)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WrapperHealth)
+        add_unsupported_routes(api)
         return asgi

@@ -11,7 +11,7 @@ import aiohttp
 from common.errors import BadGateway, GatewayTimeout, OpenAIError, Unavailable, model_not_found
 from common.http import SECRET_HEADER
 from common.settings import TimeoutSettings, WrapperSettings
-from common.wire import error_code, sse_comments_only, sse_error_event
+from common.wire import Capability, error_code, sse_comments_only, sse_error_event
 from svc_mgr import Instance, RoutingTable
 
 from .retry_budget import RetryBudget
@@ -101,13 +101,17 @@ class Hop:
         if self._session is not None:
             await self._session.close()
 
-    def _headers(self, request_id: str) -> dict[str, str]:
-        return {**self._base_headers, "X-Request-ID": request_id}
+    def _headers(self, request_id: str, content_type: str | None) -> dict[str, str]:
+        headers = {**self._base_headers, "X-Request-ID": request_id}
+        if content_type is not None:  # a form's, with its boundary
+            headers["Content-Type"] = content_type
+        return headers
 
     def _remaining(self, deadline: float, limit: float) -> float:
         return max(min(limit, deadline - asyncio.get_running_loop().time()), 0)
 
-    async def open(self, model: str, path: str, body: bytes, request_id: str, *, whole: bool) -> Attempt:
+    async def open(self, model: str, path: str, body: bytes, request_id: str, *, whole: bool,
+                   capability: Capability | None = None, content_type: str | None = None) -> Attempt:
         """Send to a healthy instance and wait for its headers (and, if `whole`, its whole body), failing
         over on connection errors, resets, timeouts, 429/502/503 and a stale instance's 404, within the
         attempt limit, the retry budget and the overall deadline. A stream is never retried once its
@@ -119,7 +123,8 @@ class Hop:
         last: OpenAIError | Attempt | None = None
         safe = True  # whether `last` failed before the worker could start the work
         for _ in range(self.settings.max_attempts):
-            inst = self.table.pick(model, exclude=tried) or (self.table.pick(model) if tried else None)
+            inst = (self.table.pick(model, tried, capability)
+                    or (self.table.pick(model, capability=capability) if tried else None))
             if inst is None or self._remaining(deadline, 1) <= 0:
                 break
             if tried:
@@ -130,7 +135,7 @@ class Hop:
             tried.append(inst)
             attempt = Attempt(inst, deadline, request_id)
             try:
-                await self._send(attempt, path, body, request_id, whole)
+                await self._send(attempt, path, body, request_id, whole, content_type)
             except OpenAIError as exc:
                 attempt.close()
                 self.table.cool_down(inst)
@@ -181,14 +186,15 @@ class Hop:
             return stale
         return attempt.status in RETRY_STATUSES
 
-    async def _send(self, attempt: Attempt, path: str, body: bytes, request_id: str, whole: bool) -> None:
+    async def _send(self, attempt: Attempt, path: str, body: bytes, request_id: str, whole: bool,
+                    content_type: str | None = None) -> None:
         assert self._session is not None
         try:
             # aiohttp enforces the connect timeout; the first-byte clock starts once connected
             first_byte = self.timeouts.connect + self.timeouts.first_byte
             async with asyncio.timeout(self._remaining(attempt.deadline, first_byte)):
                 attempt.response = await self._session.post(attempt.instance.base_url + path, data=body,
-                                                             headers=self._headers(request_id))
+                                                             headers=self._headers(request_id, content_type))
         except aiohttp.ConnectionTimeoutError:
             raise GatewayTimeout("Connecting to the worker timed out.", code="connect_timeout") from None
         except TimeoutError:
@@ -269,6 +275,26 @@ class Hop:
             log.warning("request %s: worker %s failed mid-stream", attempt.request_id, attempt.instance.id)
             yield self._boundary(tail) + sse_error_event(
                 BadGateway("The worker failed in the middle of the stream.", code="worker_failed"))
+        finally:
+            attempt.close()
+
+    async def relay(self, attempt: Attempt) -> AsyncGenerator[bytes, None]:
+        """Relay a binary body (audio) chunk by chunk as it arrives. A failure or stall midway raises, so
+        the connection to the client is cut and it sees a truncated body (no error can be framed in it)."""
+        assert attempt.response is not None
+        content = attempt.response.content
+        try:
+            while True:
+                async with asyncio.timeout_at(min(asyncio.get_running_loop().time() + self.timeouts.idle,
+                                                  attempt.deadline)):
+                    chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except (TimeoutError, *_CONNECT_FAILURES, aiohttp.ClientPayloadError):
+            log.warning("request %s: worker %s failed or stalled mid-answer; cutting the client's connection",
+                        attempt.request_id, attempt.instance.id)
+            raise
         finally:
             attempt.close()
 

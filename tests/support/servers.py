@@ -6,12 +6,13 @@ import json
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import httpx
 import openai
 
+from common.wire import Capability
 from svc_mgr.entry import model_tags
 from tests.support.procs import Consul, Proc, Procs, free_port, get_json, python_script, wait_until
 
@@ -98,11 +99,14 @@ def hits(server: Server) -> int:
 
 
 @contextlib.contextmanager
-def registered(consul: Consul, name: str, port: int, model: str) -> Iterator[str]:
+def registered(consul: Consul, name: str, port: int, model: str,
+               capabilities: Iterable[Capability] | None = None) -> Iterator[str]:
     """An instance of `model` at 127.0.0.1:`port`, registered by hand through Consul's HTTP API (no health
-    check, so passing) as a worker would register it; deregistered on the way out."""
+    check, so passing) as a worker would register it (claiming no capabilities unless given, as an old
+    worker did); deregistered on the way out."""
     service_id = f"{name}-127.0.0.1-{port}"
-    entry = {"Name": name, "ID": service_id, "Address": "127.0.0.1", "Port": port, "Tags": model_tags([model])}
+    entry = {"Name": name, "ID": service_id, "Address": "127.0.0.1", "Port": port,
+             "Tags": model_tags([model], capabilities)}
     _consul_put(consul, "register", json.dumps(entry).encode())
     try:
         yield service_id

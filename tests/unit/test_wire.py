@@ -33,7 +33,13 @@ REQUEST_SCHEMA = {Capability.CHAT: "CreateChatCompletionRequest", Capability.COM
 LIMITS = LimitSettings()
 MESSAGES = [{"role": "user", "content": "hi"}]
 BASE = {Capability.CHAT: {"model": "m", "messages": MESSAGES}, Capability.COMPLETION: {"model": "m", "prompt": "hi"},
-        Capability.EMBEDDING: {"model": "m", "input": "hi"}}
+        Capability.EMBEDDING: {"model": "m", "input": "hi"}, Capability.RESPONSES: {"model": "m", "input": "hi"},
+        Capability.RESPONSES_INPUT_TOKENS: {"model": "m", "input": "hi"}, Capability.SPEECH: {"model": "m", "input": "hi"},
+        Capability.TRANSCRIPTION: {"model": "m"}, Capability.TRANSLATION: {"model": "m"},  # the file: a form's part
+        Capability.IMAGE_GENERATION: {"model": "m", "prompt": "a cat"}, Capability.IMAGE_EDIT: {"model": "m"},
+        Capability.MODERATION: {"model": "m", "input": "hi"},
+        Capability.RERANK: {"model": "m", "query": "q", "documents": ["a", "b"]},
+        Capability.SCORE: {"model": "m", "text_1": "a", "text_2": ["b", "c"]}}
 
 
 def refused(call, *args) -> InvalidRequest:
