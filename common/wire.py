@@ -23,13 +23,17 @@ class Capability(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    RESPONSES = "responses"
+    RESPONSES_INPUT_TOKENS = "responses_input_tokens"
 
 
 PATHS = {Capability.CHAT: "/v1/chat/completions", Capability.COMPLETION: "/v1/completions",
-         Capability.EMBEDDING: "/v1/embeddings"}
+         Capability.EMBEDDING: "/v1/embeddings", Capability.RESPONSES: "/v1/responses",
+         Capability.RESPONSES_INPUT_TOKENS: "/v1/responses/input_tokens"}
 
 # What each endpoint's body must carry besides `model`, for routing and validation.
-INPUT_FIELD = {Capability.CHAT: "messages", Capability.COMPLETION: "prompt", Capability.EMBEDDING: "input"}
+INPUT_FIELD = {Capability.CHAT: "messages", Capability.COMPLETION: "prompt", Capability.EMBEDDING: "input",
+               Capability.RESPONSES: "input", Capability.RESPONSES_INPUT_TOKENS: "input"}
 
 
 def new_id(prefix: str) -> str:
@@ -351,6 +355,9 @@ _CHECKS: dict[Capability, dict[str, Check]] = {
         "encoding_format": (lambda v: v in ("float", "base64"), "'encoding_format' must be 'float' or 'base64'."),
         "dimensions": _int_field("dimensions", 1),
     },
+    # the Responses API's own fields are checked in common/responses_wire.check_request
+    Capability.RESPONSES: {"temperature": _SAMPLING["temperature"], "top_p": _SAMPLING["top_p"]},
+    Capability.RESPONSES_INPUT_TOKENS: {},
 }
 
 
@@ -378,4 +385,6 @@ def _item_caps(capability: Capability, limits: LimitSettings) -> tuple[tuple[str
         return ("messages", limits.max_messages), ("functions", MAX_FUNCTIONS)
     if capability is Capability.COMPLETION:
         return (("prompt", limits.max_prompts),)
+    if capability in (Capability.RESPONSES, Capability.RESPONSES_INPUT_TOKENS):
+        return (("input", limits.max_messages),)
     return (("input", limits.max_embedding_inputs),)
