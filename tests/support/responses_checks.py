@@ -100,7 +100,7 @@ def check_streamed_function_call(client: openai.OpenAI, base_url: str, model: st
     assert done.name == "get_weather" and done.arguments == "".join(deltas)
     [call] = final.output
     assert call.type == "function_call" and call.name == "get_weather" and call.arguments == done.arguments
-    for name, data in raw_events(base_url, {"model": model, "input": "weather in Paris?", "tools": TOOLS}, headers):
+    for _, data in raw_events(base_url, {"model": model, "input": "weather in Paris?", "tools": TOOLS}, headers):
         schemas.validate("ResponseStreamEvent", data)
 
 
