@@ -8,6 +8,7 @@ import json
 import httpx
 import openai
 
+from tests.support.procs import wait_until
 from tests.support.schemas import Schemas
 
 TEXT = "the quick brown fox"
@@ -132,3 +133,9 @@ def check_bad_input(base_url: str, model: str, case: str, schemas: Schemas,
     schemas.validate("ErrorResponse", r.json())
     assert r.json()["error"]["param"] == param
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def wait_registered(consul, server, timeout: float = 180) -> None:
+    """A worker started with wait=False (a model loading meanwhile) has registered."""
+    wait_until(lambda: f"-127.0.0.1-{server.port}" in " ".join(consul.services()), timeout,
+               f"worker on {server.port} to register\n{server.proc.output()}")
