@@ -34,6 +34,8 @@ LIMITS = LimitSettings()
 MESSAGES = [{"role": "user", "content": "hi"}]
 BASE = {Capability.CHAT: {"model": "m", "messages": MESSAGES}, Capability.COMPLETION: {"model": "m", "prompt": "hi"},
         Capability.EMBEDDING: {"model": "m", "input": "hi"}}
+BASE.update({Capability.RESPONSES: {"model": "m", "input": "hi"},  # issue #11
+             Capability.RESPONSES_INPUT_TOKENS: {"model": "m", "input": "hi"}})
 
 
 def refused(call, *args) -> InvalidRequest:
