@@ -42,7 +42,7 @@ from .hf_model_source import (
     packaged_model_file,
     resolve_model_source,
 )
-from .tool_calls import ToolCallParser, markers_for, wants_tool_calls, with_tool_calls
+from .tool_calls import HERMES, ToolCallParser, markers_for, wants_tool_calls, with_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class HFChatGen(Generator):
         self._tokenizer: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: set[threading.Event] = set()
+        self._tool_markers = HERMES  # the chat template's own tool-call tags, read at load
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -200,6 +201,7 @@ class HFChatGen(Generator):
         self._tokenizer = AutoTokenizer.from_pretrained(folder, **file_args)
         if self.chat_template:
             self._tokenizer.chat_template = Path(self.chat_template).read_text(encoding="utf-8")
+        self._tool_markers = markers_for(self._tokenizer.chat_template)
         dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **file_args)
         self._model = model.to(self.device).eval()  # type: ignore[arg-type]
@@ -224,7 +226,7 @@ class HFChatGen(Generator):
                         max_tokens=limit if limit is not None else request.get("max_tokens"))
         deltas = self._run(job)
         if wants_tool_calls(request):  # the model's tool-call tags become OpenAI tool calls
-            deltas = with_tool_calls(deltas, ToolCallParser(markers_for(self._tokenizer.chat_template)))
+            deltas = with_tool_calls(deltas, ToolCallParser(self._tool_markers))
         async for delta in deltas:
             yield delta
 
