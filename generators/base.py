@@ -33,6 +33,9 @@ _METHODS: dict[Capability, tuple[str, str | None]] = {
     Capability.EMBEDDING: ("embed", None),
 }
 
+# Capabilities the worker serves by translation into another one (worker/responses.py)
+_SERVED_AS = {Capability.RESPONSES: Capability.CHAT, Capability.RESPONSES_INPUT_TOKENS: Capability.CHAT}
+
 
 @dataclass
 class Usage:
@@ -127,7 +130,7 @@ class Generator:
         return method if callable(method) else None
 
     def supports(self, capability: Capability) -> bool:
-        return any(self._method(name) for name in _METHODS.get(capability, ()))
+        return any(self._method(name) for name in _METHODS.get(_SERVED_AS.get(capability, capability), ()))
 
     async def answer(self, capability: Capability, request: dict[str, Any]) -> Output:
         """One whole answer: the whole-answer method, else the stream joined."""

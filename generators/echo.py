@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import math
 import re
 import struct
@@ -12,7 +13,7 @@ from typing import Any
 
 from common.wire import message_text
 
-from .base import Generator
+from .base import Delta, Generator, Output, ToolCall, ToolCallDelta
 
 DIMENSIONS = 64
 _WORD = re.compile(r"\s*\S+\s*|\s+")
@@ -60,11 +61,20 @@ class EchoGen(Generator):
                 await asyncio.sleep(self.delay)
             yield piece
 
-    async def chat(self, request: dict[str, Any]) -> str:
-        return self._last_user_text(request)
+    async def chat(self, request: dict[str, Any]) -> str | Output:
+        call = tool_call(request)
+        if call is not None:
+            return Output(tool_calls=[call])
+        return _tool_result(request) or self._last_user_text(request)
 
-    async def chat_stream(self, request: dict[str, Any]) -> AsyncGenerator[str, None]:
-        async for piece in self._words(self._last_user_text(request)):
+    async def chat_stream(self, request: dict[str, Any]) -> AsyncGenerator[str | Delta, None]:
+        call = tool_call(request)
+        if call is not None:
+            yield Delta(tool_calls=[ToolCallDelta(index=0, id=call.id, name=call.name)])
+            async for piece in self._words(call.arguments):
+                yield Delta(tool_calls=[ToolCallDelta(index=0, arguments=piece)])
+            return
+        async for piece in self._words(_tool_result(request) or self._last_user_text(request)):
             yield piece
 
     async def completion(self, request: dict[str, Any]) -> str:
@@ -76,6 +86,34 @@ class EchoGen(Generator):
 
     async def embed(self, request: dict[str, Any]) -> list[list[float]]:
         return [unit_vector(_as_text(item)) for item in request["input"]]
+
+
+def tool_call(request: dict[str, Any]) -> ToolCall | None:
+    """EchoGen's tool use, for function-call round trips: while the last message is the user's and the request
+    offers a function tool (tool_choice not "none"), it calls the one tool_choice names, else the first, with
+    the user's text as `{"text": ...}`. Once the result is in (the last message is a tool's), it answers with
+    that result's text (`_tool_result`)."""
+    messages = request.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    choice = request.get("tool_choice")
+    if last.get("role") != "user" or choice == "none":
+        return None
+    names = [t["function"]["name"] for t in request.get("tools") or ()
+             if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)]
+    function = choice.get("function") if isinstance(choice, dict) else None
+    chosen = function.get("name") if isinstance(function, dict) else None
+    name = chosen if chosen in names else (names[0] if names else None)
+    if name is None:
+        return None
+    text = message_text(last.get("content"))
+    call_id = "call_" + hashlib.sha256(f"{name}:{text}".encode()).hexdigest()[:24]
+    return ToolCall(name=name, arguments=json.dumps({"text": text}), id=call_id)
+
+
+def _tool_result(request: dict[str, Any]) -> str:
+    messages = request.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    return message_text(last.get("content")) if last.get("role") == "tool" else ""
 
 
 def _as_text(item: Any) -> str:

@@ -7,7 +7,8 @@
 A GGUF file is dequantised to float32 by transformers (with the `gguf` package); its tokenizer and chat
 template come from the file itself.
 
-Chat requests go through the tokenizer's chat template (`tools` are handed to it too); completions use the
+Chat requests go through the tokenizer's chat template (`tools` are handed to it too, and the model's
+`<tool_call>` tags, or its template's own, come back as OpenAI tool_calls: generators/tool_calls.py); completions use the
 prompt as is. Honoured: max_tokens (max_completion_tokens), temperature, top_p, stop and seed; fields left
 out fall back to the model's own generation_config. Text streams as the model produces it. One generation
 runs at a time, in a thread of its own; the others wait their turn. When the client goes away, the worker
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import logging
 import os
 import threading
@@ -40,6 +42,7 @@ from .hf_model_source import (
     packaged_model_file,
     resolve_model_source,
 )
+from .tool_calls import HERMES, ToolCallParser, markers_for, wants_tool_calls, with_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,7 @@ class HFChatGen(Generator):
         self._tokenizer: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._running: set[threading.Event] = set()
+        self._tool_markers = HERMES  # the chat template's own tool-call tags, read at load
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -197,6 +201,7 @@ class HFChatGen(Generator):
         self._tokenizer = AutoTokenizer.from_pretrained(folder, **file_args)
         if self.chat_template:
             self._tokenizer.chat_template = Path(self.chat_template).read_text(encoding="utf-8")
+        self._tool_markers = markers_for(self._tokenizer.chat_template)
         dtype = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **file_args)
         self._model = model.to(self.device).eval()  # type: ignore[arg-type]
@@ -219,7 +224,10 @@ class HFChatGen(Generator):
         limit = request.get("max_completion_tokens")
         job = self._job(request, self._render(request), add_special_tokens=False,
                         max_tokens=limit if limit is not None else request.get("max_tokens"))
-        async for delta in self._run(job):
+        deltas = self._run(job)
+        if wants_tool_calls(request):  # the model's tool-call tags become OpenAI tool calls
+            deltas = with_tool_calls(deltas, ToolCallParser(self._tool_markers))
+        async for delta in deltas:
             yield delta
 
     async def completion_stream(self, request: dict[str, Any]) -> AsyncGenerator[Delta, None]:
@@ -236,8 +244,7 @@ class HFChatGen(Generator):
         if not self._tokenizer.chat_template:
             raise InvalidRequest(f"The model '{request['model']}' has no chat template; use /v1/completions, "
                                  "or start the worker with --chat-template FILE.", code="unsupported_capability")
-        messages = [{**m, "content": message_text(m.get("content"))} if m.get("content") is not None else m
-                    for m in request["messages"]]
+        messages = [_template_message(m) for m in request["messages"]]
         try:
             return self._tokenizer.apply_chat_template(messages, tools=request.get("tools"), tokenize=False,
                                                        add_generation_prompt=True)
@@ -361,6 +368,27 @@ class HFChatGen(Generator):
         if eos is None:
             eos = self._tokenizer.eos_token_id
         return list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+
+
+def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message as chat templates take it: text content, and a tool call's arguments as an object
+    (Hermes / Qwen templates write them out with `tojson`)."""
+    out = {**message, "content": message_text(message.get("content"))} if message.get("content") is not None else message
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        out = {**out, "tool_calls": [_template_call(c) for c in calls]}
+    return out
+
+
+def _template_call(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except json.JSONDecodeError:
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
 
 
 @functools.cache

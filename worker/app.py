@@ -33,6 +33,7 @@ from generators import Embeddings, Forwarded, Generator, Output, ProxyGenerator
 from .answers import Answers
 from .concurrency import ConcurrencyLimit
 from .relay import relay_endpoints
+from .responses import Responses
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Worker:
         self.served = 0  # model calls accepted, reported by /health
         self._started = False
         self.answers = Answers(generator)
+        self.responses_api = Responses(generator, self.answers)
         self.limit = ConcurrencyLimit(settings.worker.max_concurrency, settings.worker.max_queue)
         self._secret = settings.worker.secret.get_secret_value().encode() if settings.worker.secret else None
 
@@ -163,6 +165,26 @@ class Worker:
         tokens = result.usage.prompt_tokens if result.usage else sum(map(self.answers.count, inputs))
         return json_response(wire.embedding_list(model, result.vectors, body.get("encoding_format") or "float", tokens))
 
+    async def responses(self, request: Request) -> Response:
+        """/v1/responses, by translation to chat (worker/responses.py); a proxy relays it as it is."""
+        body, model, raw = await self._parse(request, Capability.RESPONSES)
+        if isinstance(self.generator, ProxyGenerator):
+            return await self._forward(request, self.generator, Capability.RESPONSES, body, raw)
+        chat = self.responses_api.translate(body)
+        if wire.is_stream(body):
+            return SSEResponse(await _started(self.responses_api.events(body, chat, request_id(request), self.limit)))
+        try:
+            answers = await unless_disconnected(request, self._answers(Capability.CHAT, chat))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        return json_response(self.responses_api.whole(body, chat, answers[0]))
+
+    async def responses_input_tokens(self, request: Request) -> Response:
+        body, model, raw = await self._parse(request, Capability.RESPONSES_INPUT_TOKENS)
+        if isinstance(self.generator, ProxyGenerator):
+            return await self._forward(request, self.generator, Capability.RESPONSES_INPUT_TOKENS, body, raw)
+        return json_response(self.responses_api.input_tokens(body))
+
     async def models_list(self, request: Request) -> Response:
         self._authorize(request)
         created = wire.now()
@@ -184,7 +206,9 @@ class Worker:
     def app(self) -> ASGIApp:
         api, asgi = openai_app("openai-api-wrapper worker", lifespan=self._lifespan, posts={
             wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
-            wire.PATHS[Capability.EMBEDDING]: self.embeddings, **relay_endpoints(self)})
+            wire.PATHS[Capability.EMBEDDING]: self.embeddings, wire.PATHS[Capability.RESPONSES]: self.responses,
+            wire.PATHS[Capability.RESPONSES_INPUT_TOKENS]: self.responses_input_tokens,
+            **relay_endpoints(self)})  # a proxy relays every capability, /v1/responses included
         api.add_api_route("/v1/models", self.models_list, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WorkerHealth)
         return asgi
