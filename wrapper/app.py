@@ -32,6 +32,7 @@ from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 
 from .auth import KeyRing
 from .hop import Hop
+from .metrics import Observation, WrapperMetrics
 
 
 class WrapperHealth(BaseModel):
@@ -57,22 +58,41 @@ class Wrapper:
         self._secret = worker_secret.encode() if worker_secret else None
         self.discovery = Discovery(settings.consul, self.table, settings.wrapper)
         self.created = wire.now()
+        self.metrics = WrapperMetrics(self.table, lambda: self.discovery.heard_at, lambda: self.discovery.outage.down,
+                                      settings.metrics.server_timing) if settings.metrics.enabled else None
+        self.hop.observer = self.metrics
 
     async def chat(self, request: Request) -> Response:
-        return await self._route(request, Capability.CHAT)
+        return await self._observed(request, Capability.CHAT)
 
     async def completion(self, request: Request) -> Response:
-        return await self._route(request, Capability.COMPLETION)
+        return await self._observed(request, Capability.COMPLETION)
 
     async def embeddings(self, request: Request) -> Response:
-        return await self._route(request, Capability.EMBEDDING)
+        return await self._observed(request, Capability.EMBEDDING)
 
-    async def _route(self, request: Request, capability: Capability) -> Response:
+    async def _observed(self, request: Request, capability: Capability) -> Response:
+        """`_route`, counted in the metrics (when they are on)."""
+        metrics = self.metrics
+        if metrics is None:
+            return await self._route(request, capability)
+        obs = metrics.begin(capability)
+        try:
+            response = await self._route(request, capability, obs)
+        except BaseException as exc:
+            metrics.failed(obs, exc)
+            raise
+        metrics.responded(obs, response)
+        return response
+
+    async def _route(self, request: Request, capability: Capability, obs: Observation | None = None) -> Response:
         rid = request_id(request)
         limits = self.settings.limits
         key = self.keys.authenticate(request.headers.get("authorization"))
         raw = await read_body(request, limits.max_body_bytes, timeout=limits.body_timeout)
         model, stream = self._admit(raw, capability)
+        if obs is not None:
+            obs.admit(model, stream)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         try:
@@ -84,6 +104,8 @@ class Wrapper:
         # DEBUG, not INFO: a log line per request costs a third of the throughput (docs/performance.md)
         log.debug("request %s: %s %s -> %s %d", rid, capability, model, attempt.instance.id, attempt.status)
         headers = attempt.headers()  # DirectRoutes adds X-Request-ID
+        if self.metrics is not None and obs is not None:
+            self.metrics.answered(obs, headers)
         if attempt.content is None and attempt.content_type.startswith(wire.SSE):
             return SSEResponse(self.hop.stream(attempt), attempt.status, headers, on_close=attempt.close)
         content = attempt.content if attempt.content is not None else await self.hop.read(attempt)
@@ -144,4 +166,6 @@ class Wrapper:
         api.add_api_route("/v1/models", self.models, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/v1/models/{model:path}", self.model, methods=["GET"], response_model=wire.ModelObject)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WrapperHealth)
+        if self.metrics is not None:
+            api.add_api_route("/metrics", self.metrics.endpoint, methods=["GET"], include_in_schema=False)
         return asgi
