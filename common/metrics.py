@@ -6,6 +6,7 @@ Cheap on the request path: one `Observation` per request; label children are bou
 per model/endpoint/status) and kept, so a request costs a few dict lookups and counter updates."""
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -116,8 +117,8 @@ class RequestMetrics:
                                   buckets=LATENCY_BUCKETS, registry=registry)
         self.ttft = Histogram(f"{prefix}time_to_first_token_seconds", "Time from a streamed request's arrival "
                               "to its first event", ["model"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.per_chunk = Histogram(f"{prefix}time_per_output_chunk_seconds", "Mean time between two chunks of "
-                                   "one stream, once per stream", ["model"], buckets=CHUNK_BUCKETS,
+        self.per_chunk = Histogram(f"{prefix}time_per_output_chunk_seconds", "Mean time between two events of "
+                                   "one stream (first to last), once per stream", ["model"], buckets=CHUNK_BUCKETS,
                                    registry=registry)
         self.input_tokens = Counter(f"{prefix}input_tokens_total", "Prompt tokens of the answers, from their "
                                     "usage", ["model"], registry=registry)
@@ -182,11 +183,11 @@ class RequestMetrics:
                         obs.last = time.perf_counter()
                         if not obs.first:
                             obs.first = obs.last
-                        obs.chunks += 1
+                        obs.chunks += chunk.count(b"\n\n")  # events: a read may carry several
                         usage.feed(chunk)
                     yield chunk
-        except GeneratorExit:
-            obs.disconnected = True  # closed before its end: the client went away
+        except (GeneratorExit, asyncio.CancelledError):
+            obs.disconnected = True  # stopped before its end: the client went away
             raise
         finally:
             obs.usage = usage.usage

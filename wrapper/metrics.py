@@ -40,8 +40,8 @@ class WrapperMetrics:
         registry = self.exposition.registry
         self.server_timing = server_timing
         self.requests = RequestMetrics(PREFIX, registry, table.known_models.__contains__, "wrapper")
-        self.attempts = Counter(f"{PREFIX}upstream_attempts_total", "Attempts at a worker, by model, instance "
-                                "(Consul service id) and outcome", ["model", "instance", "outcome"], registry=registry)
+        self.attempts = Counter(f"{PREFIX}upstream_attempts_total", "Attempts at a worker, by model, worker "
+                                "(Consul service id) and outcome", ["model", "worker", "outcome"], registry=registry)
         self.failovers = Counter(f"{PREFIX}failovers_total", "Requests tried again (on another instance if "
                                  "there is one), by what failed the attempt before", ["reason"], registry=registry)
         self.rejections = Counter(f"{PREFIX}rejections_total", "Requests refused before a worker answered them "
