@@ -218,7 +218,7 @@ def _dashboard_metrics() -> set[str]:
 
     def walk(node: object) -> None:
         if isinstance(node, dict):
-            exprs.extend(v for k, v in node.items() if k == "expr" and isinstance(v, str))
+            exprs.extend(v for k, v in node.items() if k in ("expr", "definition") and isinstance(v, str))
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
