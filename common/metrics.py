@@ -201,9 +201,10 @@ class RequestMetrics:
                 if inner is not None:
                     inner()
             finally:
-                self.finish(obs, status)
-                if then is not None:
-                    then(obs)
+                if not obs.finished:  # once, however often it is called
+                    self.finish(obs, status)
+                    if then is not None:
+                        then(obs)
 
         return close
 
