@@ -101,7 +101,20 @@ class Observation:
         self.admitted_at = time.perf_counter()
         self.model = self.metrics.label(model)
         self.stream = stream
-        self.metrics.in_flight(self.model).inc()
+        self.metrics.series(self.model).in_flight.inc()
+
+
+class _ModelSeries:
+    """One model's label children, bound once."""
+
+    __slots__ = ("in_flight", "input_tokens", "output_tokens", "ttft", "per_chunk")
+
+    def __init__(self, metrics: RequestMetrics, model: str) -> None:
+        self.in_flight = metrics.in_flight_gauge.labels(model)
+        self.input_tokens = metrics.input_tokens.labels(model)
+        self.output_tokens = metrics.output_tokens.labels(model)
+        self.ttft = metrics.ttft.labels(model)
+        self.per_chunk = metrics.per_chunk.labels(model)
 
 
 class RequestMetrics:
@@ -126,18 +139,18 @@ class RequestMetrics:
                                      "their usage", ["model"], registry=registry)
         self.in_flight_gauge = Gauge(f"{prefix}requests_in_flight", f"Requests the {what} is serving, by model",
                                      ["model"], multiprocess_mode="livesum", registry=registry)
-        self._in_flight: dict[str, Gauge] = {}
+        self._series: dict[str, _ModelSeries] = {}
         self._count: dict[tuple[str, str, int], Counter] = {}
         self._duration: dict[tuple[str, str, bool], Histogram] = {}
 
     def label(self, model: str) -> str:
         return model if self.known(model) else UNKNOWN
 
-    def in_flight(self, model: str) -> Gauge:
-        child = self._in_flight.get(model)
-        if child is None:
-            child = self._in_flight[model] = self.in_flight_gauge.labels(model)
-        return child
+    def series(self, model: str) -> _ModelSeries:
+        found = self._series.get(model)
+        if found is None:
+            found = self._series[model] = _ModelSeries(self, model)
+        return found
 
     def begin(self, endpoint: str) -> Observation:
         return Observation(self, endpoint)
@@ -148,8 +161,9 @@ class RequestMetrics:
             return
         obs.finished = True
         model, now = obs.model, time.perf_counter()
+        series = self.series(model)
         if obs.admitted_at:
-            self.in_flight(model).dec()
+            series.in_flight.dec()
         key = (model, obs.endpoint, status)
         count = self._count.get(key)
         if count is None:
@@ -161,12 +175,12 @@ class RequestMetrics:
             duration = self._duration[dkey] = self.duration.labels(model, obs.endpoint, "true" if obs.stream else "false")
         duration.observe(now - obs.start)
         if obs.first:
-            self.ttft.labels(model).observe(obs.first - obs.start)
+            series.ttft.observe(obs.first - obs.start)
             if obs.chunks > 1:
-                self.per_chunk.labels(model).observe((obs.last - obs.first) / (obs.chunks - 1))
+                series.per_chunk.observe((obs.last - obs.first) / (obs.chunks - 1))
         if obs.usage is not None:
-            self.input_tokens.labels(model).inc(obs.usage.prompt_tokens)
-            self.output_tokens.labels(model).inc(obs.usage.completion_tokens)
+            series.input_tokens.inc(obs.usage.prompt_tokens)
+            series.output_tokens.inc(obs.usage.completion_tokens)
 
     def finish_json(self, obs: Observation, response: Response) -> None:
         if response.status_code == 200:
