@@ -12,7 +12,15 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable
 from contextlib import aclosing
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -53,6 +61,7 @@ class Exposition:
     collectors read at scrape time from this process's own state."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no `*_created` twin of every series: half the scrape, nobody reads it
         self.registry = CollectorRegistry()
         self._live: list[Collector] = []
 
