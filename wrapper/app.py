@@ -26,13 +26,14 @@ from common.http import (
     request_id,
     unless_disconnected,
 )
+from common.metrics import Observation
 from common.settings import Settings, load_api_keys, secret
 from common.wire import Capability
 from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 
 from .auth import KeyRing
 from .hop import Hop
-from .metrics import Observation, WrapperMetrics
+from .metrics import WrapperMetrics
 
 
 class WrapperHealth(BaseModel):
