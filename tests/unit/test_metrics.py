@@ -171,3 +171,26 @@ def test_attempts_and_failovers_by_outcome():
     assert _value(samples, "oaw_upstream_attempts_total", worker="svc-a", outcome="ok") == 1
     assert _value(samples, "oaw_failovers_total", reason="busy") == 1
     assert _value(samples, "oaw_failovers_total", reason="worker_unreachable") == 1
+
+
+def test_a_workers_queue_length_is_read_at_scrape_time_and_its_429s_counted():
+    from worker.metrics import WorkerMetrics
+
+    waiting = [0]
+    m = WorkerMetrics(lambda model: model == MODEL, lambda: waiting[0])
+    waiting[0] = 3
+    obs = m.begin(_FakeRequest(), wire.Capability.CHAT)
+    m.failed(obs, RateLimited("busy"))
+    text = m.exposition.render().decode()
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert _value(samples, "oaw_worker_queue_length") == 3
+    assert _value(samples, "oaw_worker_concurrency_rejections_total") == 1
+    assert _value(samples, "oaw_worker_requests_total", model="unknown", status="429") == 1
+
+
+class _FakeRequest:
+    """What WorkerMetrics.begin touches of a request: its ASGI scope."""
+
+    def __init__(self) -> None:
+        self.scope: dict = {}
