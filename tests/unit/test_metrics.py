@@ -194,3 +194,13 @@ class _FakeRequest:
 
     def __init__(self) -> None:
         self.scope: dict = {}
+
+
+def test_server_timing_off_still_observes_the_overhead():
+    m = WrapperMetrics(_table(), lambda: None, lambda: False, server_timing=False)
+    obs = m.begin(wire.Capability.CHAT)
+    obs.admit(MODEL, False)
+    headers: dict[str, str] = {}
+    m.answered(obs, headers)
+    assert headers == {}
+    assert _value(_samples(m), "oaw_gateway_overhead_seconds_count") == 1
