@@ -50,7 +50,7 @@ FAKE_SERVICE = "bench-fake"
 SCALE_MODEL = "echo-scale"
 PACED_MODEL = "echo-paced"
 PACED_DELAY = 0.002
-PATH_ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "starlette-min"]
+PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "litellm", "wrapper-2proc", "starlette-min"]
 REAL_MODEL = "smollm2-135m-instruct"
 REAL_MODEL_TOKENS = 64
 # a question whose greedy answer is longer than REAL_MODEL_TOKENS, so every stream is cut at the same length
@@ -189,7 +189,7 @@ class Bench:
         a, s = self.args, self.stack
         log("starting Consul, workers, wrapper" + ("" if a.no_nginx else ", nginx") +
             ("" if a.no_litellm else ", LiteLLM") + ", minimal Starlette app" +
-            ("" if a.no_variants else ", a wrapper with --processes 2"))
+            ("" if a.no_variants else ", a wrapper with --processes 2 and one with metrics off"))
         s.start_consul()
         self.worker = s.start_worker("worker", "--models", f"echo,{SCALE_MODEL}", "--svc-name", "echo")
         self.paced = s.start_worker("worker-paced", "--models", PACED_MODEL, "--svc-name", PACED_MODEL,
@@ -221,6 +221,12 @@ class Bench:
                 self.paths["wrapper-2proc"] = BenchPath(w2.url, {"proxy": w2.pid, "worker": w}, chat)
             else:
                 self.results["notes"].append("this wrapper has no --processes option: no 2-process row.")
+            # the cost of metrics (#10): the same build with metrics off, loaded in turn with the others
+            off = self.work / "metrics-off.yaml"
+            off.write_text("metrics:\n  enabled: false\n")
+            w3 = s.start_wrapper("wrapper-nometrics", "--config", str(off))
+            s.wait_routable(w3, "echo")
+            self.paths["wrapper-nometrics"] = BenchPath(w3.url, {"proxy": w3.pid, "worker": w}, chat)
         for p in self.paths.values():
             check_chat(p.url + "/v1/chat/completions", Path(p.body).read_bytes(), SHORT_TEXT,
                        {"Authorization": f"Bearer {p.auth}"} if p.auth else None)
@@ -551,7 +557,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM path")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the wrapper")
     p.add_argument("--no-variants", action="store_true",
-                   help="skip the extra row of a wrapper started with --processes 2")
+                   help="skip the extra rows: a wrapper started with --processes 2, one with metrics off")
     p.add_argument("--profile", action="store_true", help="profile the wrapper in a --quick run too")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator (auto: wrk if installed, else bench/pyload.py)")
@@ -617,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.stream_phase()
         if not args.no_profile:
             bench.profile_phase()
-        for name in ("litellm", "nginx", "wrapper-2proc", "starlette-min"):
+        for name in ("litellm", "nginx", "wrapper-2proc", "wrapper-nometrics", "starlette-min"):
             stack.stop(name)  # only the wrapper and its worker matter from here on
         if args.real_model:
             bench.real_model_phase()  # with only Consul, the EchoGen workers and the wrapper left running

@@ -156,6 +156,13 @@ class SecuritySettings(_Section):
     strict: bool = False  # refuse to start without API keys / worker secret (--require-auth)
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics at GET /metrics on the wrapper and the workers (docs/observability.md)."""
+
+    enabled: bool = True
+    server_timing: bool = True  # the wrapper's Server-Timing header: its own time and the worker's, per request
+
+
 class Settings(_Section):
     consul: ConsulSettings = ConsulSettings()
     limits: LimitSettings = LimitSettings()
@@ -163,6 +170,7 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     openai: UpstreamSettings = UpstreamSettings()
     security: SecuritySettings = SecuritySettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: str = Field("<defaults>", exclude=True)
 
 

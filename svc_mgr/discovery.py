@@ -236,6 +236,7 @@ class Discovery:
         self._services_idle.set()
         self._services_read = asyncio.Event()
         self.ready = asyncio.Event()
+        self.heard_at: float | None = None  # monotonic time of Consul's last answer (the metrics show its age)
 
     async def start(self) -> None:
         self._consul = connect(self.settings)
@@ -266,7 +267,7 @@ class Discovery:
             try:
                 asked = time.monotonic()
                 answer = await self._consul.read(path, index or None, self._wait(), params)
-                last = time.monotonic()
+                last = self.heard_at = time.monotonic()
                 try:
                     await apply(answer, lost or answer.index < index)
                     failing = False

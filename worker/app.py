@@ -32,6 +32,7 @@ from generators import Embeddings, Forwarded, Generator, Output, ProxyGenerator
 
 from .answers import Answers
 from .concurrency import ConcurrencyLimit
+from .metrics import WorkerMetrics
 from .relay import relay_endpoints
 from .responses import Responses
 
@@ -59,6 +60,8 @@ class Worker:
         self.responses_api = Responses(generator, self.answers)
         self.limit = ConcurrencyLimit(settings.worker.max_concurrency, settings.worker.max_queue)
         self._secret = settings.worker.secret.get_secret_value().encode() if settings.worker.secret else None
+        self.metrics = WorkerMetrics(lambda model: model in self.models, lambda: self.limit.waiting
+                                     ) if settings.metrics.enabled else None
 
     # ---- request checks ----------------------------------------------------------------------
 
@@ -74,6 +77,8 @@ class Worker:
         model = wire.require_routing_fields(body, capability)
         wire.check_fields(body, capability, limits)
         self.admit(model, capability)
+        if self.metrics is not None:
+            self.metrics.admit(request, model, wire.is_stream(body))
         log.debug("request %s: %s %s%s", request_id(request), capability, model,
                  " stream" if wire.is_stream(body) else "")
         return body, model, raw
@@ -91,10 +96,25 @@ class Worker:
     # ---- endpoints ---------------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        return await self._generate(request, Capability.CHAT)
+        return await self._observed(request, Capability.CHAT)
 
     async def completion(self, request: Request) -> Response:
-        return await self._generate(request, Capability.COMPLETION)
+        return await self._observed(request, Capability.COMPLETION)
+
+    async def _observed(self, request: Request, capability: Capability) -> Response:
+        """An endpoint's answer, counted in the metrics (when they are on)."""
+        metrics = self.metrics
+        serve = self._embeddings if capability is Capability.EMBEDDING else self._generate
+        if metrics is None:
+            return await serve(request, capability)
+        obs = metrics.begin(request, capability)
+        try:
+            response = await serve(request, capability)
+        except BaseException as exc:
+            metrics.failed(obs, exc)
+            raise
+        metrics.responded(obs, response)
+        return response
 
     async def _generate(self, request: Request, capability: Capability) -> Response:
         body, model, raw = await self._parse(request, capability)
@@ -151,6 +171,9 @@ class Worker:
         return forwarded, release
 
     async def embeddings(self, request: Request) -> Response:
+        return await self._observed(request, Capability.EMBEDDING)
+
+    async def _embeddings(self, request: Request, capability: Capability) -> Response:
         body, model, raw = await self._parse(request, Capability.EMBEDDING)
         if isinstance(self.generator, ProxyGenerator):
             return await self._forward(request, self.generator, Capability.EMBEDDING, body, raw)
@@ -211,6 +234,8 @@ class Worker:
             **relay_endpoints(self)})  # a proxy relays every capability, /v1/responses included
         api.add_api_route("/v1/models", self.models_list, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WorkerHealth)
+        if self.metrics is not None:
+            api.add_api_route("/metrics", self.metrics.endpoint, methods=["GET"], include_in_schema=False)
         return asgi
 
     async def start(self) -> None:

@@ -14,6 +14,11 @@ class ConcurrencyLimit:
         self._slots = asyncio.Semaphore(limit) if limit else None
         self._waiting = 0
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot now."""
+        return self._waiting
+
     async def acquire(self) -> None:
         if self._slots is None:
             return

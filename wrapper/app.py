@@ -27,12 +27,14 @@ from common.http import (
     request_id,
     unless_disconnected,
 )
+from common.metrics import Observation
 from common.settings import Settings, load_api_keys, secret
 from common.wire import Capability
 from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 
 from .auth import KeyRing
 from .hop import Hop
+from .metrics import WrapperMetrics
 from .unsupported import add_unsupported_routes
 
 
@@ -59,23 +61,40 @@ class Wrapper:
         self._secret = worker_secret.encode() if worker_secret else None
         self.discovery = Discovery(settings.consul, self.table, settings.wrapper)
         self.created = wire.now()
+        self.metrics = WrapperMetrics(self.table, lambda: self.discovery.heard_at, lambda: self.discovery.outage.down,
+                                      settings.metrics.server_timing) if settings.metrics.enabled else None
+        self.hop.observer = self.metrics
 
     async def chat(self, request: Request) -> Response:
-        return await self._route(request, Capability.CHAT)
+        return await self._observed(request, Capability.CHAT)
 
     async def completion(self, request: Request) -> Response:
-        return await self._route(request, Capability.COMPLETION)
+        return await self._observed(request, Capability.COMPLETION)
 
     async def embeddings(self, request: Request) -> Response:
-        return await self._route(request, Capability.EMBEDDING)
+        return await self._observed(request, Capability.EMBEDDING)
 
     def _endpoint(self, capability: Capability) -> Endpoint:
         async def route(request: Request) -> Response:
-            return await self._route(request, capability)
+            return await self._observed(request, capability)
         route.__name__ = capability.value
         return route
 
-    async def _route(self, request: Request, capability: Capability) -> Response:
+    async def _observed(self, request: Request, capability: Capability) -> Response:
+        """`_route`, counted in the metrics (when they are on)."""
+        metrics = self.metrics
+        if metrics is None:
+            return await self._route(request, capability)
+        obs = metrics.begin(capability)
+        try:
+            response = await self._route(request, capability, obs)
+        except BaseException as exc:
+            metrics.failed(obs, exc)
+            raise
+        metrics.responded(obs, response)
+        return response
+
+    async def _route(self, request: Request, capability: Capability, obs: Observation | None = None) -> Response:
         rid = request_id(request)
         limits = self.settings.limits
         key = self.keys.authenticate(request.headers.get("authorization"))
@@ -83,6 +102,8 @@ class Wrapper:
         raw = await read_body(request, limits.max_upload_bytes if form else limits.max_body_bytes)
         content_type = request.headers.get("content-type") if form else None  # sent on with its boundary
         model, stream = self._admit(raw, capability, content_type)
+        if obs is not None:
+            obs.admit(model, stream)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         if not self.table.serves(model, capability):
@@ -97,6 +118,8 @@ class Wrapper:
         # DEBUG, not INFO: a log line per request costs a third of the throughput (docs/performance.md)
         log.debug("request %s: %s %s -> %s %d", rid, capability, model, attempt.instance.id, attempt.status)
         headers = attempt.headers()  # DirectRoutes adds X-Request-ID
+        if self.metrics is not None and obs is not None:
+            self.metrics.answered(obs, headers)
         media_type = attempt.content_type
         if attempt.content is None and not media_type.startswith(JSON):  # an event stream, or audio
             chunks = self.hop.stream(attempt) if media_type.startswith(wire.SSE) else self.hop.relay(attempt)
@@ -164,5 +187,7 @@ class Wrapper:
         api.add_api_route("/v1/models", self.models, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/v1/models/{model:path}", self.model, methods=["GET"], response_model=wire.ModelObject)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WrapperHealth)
+        if self.metrics is not None:
+            api.add_api_route("/metrics", self.metrics.endpoint, methods=["GET"], include_in_schema=False)
         add_unsupported_routes(api)
         return asgi

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncGenerator
+from typing import Protocol
 
 import aiohttp
 
@@ -27,6 +28,15 @@ STALE_CODE = "model_not_found"  # a 404 with it: the registration is stale (the 
 # Failures before the request reached the worker: retrying them cannot do the work twice.
 NOTHING_SENT_CODES = frozenset({"worker_unreachable", "connect_timeout"})
 _CONNECT_FAILURES = (aiohttp.ClientConnectionError, OSError)
+
+
+class AttemptObserver(Protocol):
+    """Told each attempt's outcome ("ok", an error code, or the status that refused it) and each failover
+    (with what failed the attempt before): wrapper/metrics.py."""
+
+    def attempted(self, model: str, instance: Instance, outcome: str | int) -> None: ...
+
+    def failover(self, reason: str | int) -> None: ...
 
 
 class Attempt:
@@ -82,6 +92,7 @@ class Hop:
         if worker_secret:
             self._base_headers[SECRET_HEADER] = worker_secret
         self._session: aiohttp.ClientSession | None = None
+        self.observer: AttemptObserver | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -122,6 +133,8 @@ class Hop:
         tried: list[Instance] = []
         last: OpenAIError | Attempt | None = None
         safe = True  # whether `last` failed before the worker could start the work
+        observer = self.observer
+        outcome: str | int | None = None  # of the attempt before: a failover's reason
         for _ in range(self.settings.max_attempts):
             inst = (self.table.pick(model, tried, capability)
                     or (self.table.pick(model, capability=capability) if tried else None))
@@ -130,6 +143,8 @@ class Hop:
             if tried:
                 if not self._may_retry(safe):
                     break
+                if observer is not None and outcome is not None:
+                    observer.failover(outcome)
                 if inst in tried:  # the only instance left: give it a moment
                     await self._backoff(deadline)
             tried.append(inst)
@@ -140,6 +155,9 @@ class Hop:
                 attempt.close()
                 self.table.cool_down(inst)
                 log.warning("request %s: worker %s failed (%s)", request_id, inst.id, exc.code)
+                if observer is not None:
+                    outcome = exc.code or "error"
+                    observer.attempted(model, inst, outcome)
                 if isinstance(last, Attempt):
                     last.close()
                 last, safe = exc, exc.code in NOTHING_SENT_CODES
@@ -149,12 +167,17 @@ class Hop:
                 raise
             if self._refused(attempt):
                 self.table.cool_down(inst)
+                if observer is not None:
+                    outcome = attempt.status
+                    observer.attempted(model, inst, outcome)
                 if isinstance(last, Attempt):
                     last.close()
                 last, safe = attempt, attempt.status in SAFE_RETRY_STATUSES or attempt.status == 404
                 continue
             if isinstance(last, Attempt):
                 last.close()
+            if observer is not None:
+                observer.attempted(model, inst, "ok")
             return attempt
         if isinstance(last, Attempt):
             return last  # every instance was busy or failing: pass the last worker answer on

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 
 from common.cli import configure_logging, fail
+from common.metrics import use_multiprocess_dir
 from common.server import run, serve, shared_port_socket, uvicorn_config
 from common.settings import ConfigError, Settings
 
@@ -34,6 +37,9 @@ def supervise(settings: Settings, host: str, port: int, processes: int, log_leve
     (SIGTERM, then waited for up to the drain time) when this one stops."""
     if processes == 1:
         return serve_wrapper(settings, host, port, share_port=False)
+    if settings.metrics.enabled:  # every process counts into files here; /metrics in any shows the sum
+        metrics_dir = tempfile.mkdtemp(prefix="oaw-metrics-")
+        use_multiprocess_dir(metrics_dir)
     context = multiprocessing.get_context("spawn")
     children = [context.Process(target=serve_wrapper, args=(settings, host, port, True, log_level), daemon=True)
                 for _ in range(processes - 1)]
@@ -47,3 +53,5 @@ def supervise(settings: Settings, host: str, port: int, processes: int, log_leve
                 os.kill(child.pid, signal.SIGTERM)
         for child in children:
             child.join(settings.wrapper.drain_seconds + 5)
+        if settings.metrics.enabled:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

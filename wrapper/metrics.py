@@ -1,0 +1,151 @@
+"""The wrapper's Prometheus metrics (docs/observability.md lists them): the request series of
+common/metrics.py named `oaw_*`, plus the hop's attempts and failovers, rejections, client disconnects,
+the gateway's own overhead (also sent per request as a `Server-Timing` header), and what the routing
+table and discovery hold, read at scrape time (nothing per request)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from common.errors import OpenAIError
+from common.http import CLIENT_CLOSED, ClientGone, SSEResponse
+from common.metrics import OVERHEAD_BUCKETS, PREFIX, Exposition, Observation, RequestMetrics, preset
+from common.wire import PATHS, Capability
+from svc_mgr import Instance, RoutingTable
+
+REJECTION_REASONS = ("auth", "not_found", "body_size", "concurrency", "rate_limit", "invalid_request")
+_REJECTED_BY_WRAPPER = {401: "auth", 403: "auth", 404: "not_found", 413: "body_size", 429: "rate_limit"}
+# what an attempt that was refused by its answer's status is counted as
+_REFUSED = {429: "busy", 502: "bad_gateway", 503: "unavailable", 404: "stale"}
+
+
+def endpoint_label(capability: Capability) -> str:
+    return PATHS[capability]
+
+
+class WrapperMetrics:
+    """Made once per process at start-up. `heard_at()`: monotonic time Consul last answered (None: never);
+    `consul_down()`: whether the last query failed."""
+
+    def __init__(self, table: RoutingTable, heard_at: Callable[[], float | None], consul_down: Callable[[], bool],
+                 server_timing: bool = True) -> None:
+        self.exposition = Exposition()
+        registry = self.exposition.registry
+        self.server_timing = server_timing
+        self.requests = RequestMetrics(PREFIX, registry, table.known_models.__contains__, "wrapper")
+        self.attempts = Counter(f"{PREFIX}upstream_attempts_total", "Attempts at a worker, by model, worker "
+                                "(Consul service id) and outcome", ["model", "worker", "outcome"], registry=registry)
+        self.failovers = Counter(f"{PREFIX}failovers_total", "Requests tried again (on another instance if "
+                                 "there is one), by what failed the attempt before", ["reason"], registry=registry)
+        self.rejections = Counter(f"{PREFIX}rejections_total", "Requests refused before a worker answered them "
+                                  "(concurrency: every instance was busy, 429)", ["reason"], registry=registry)
+        preset(self.rejections, REJECTION_REASONS)
+        self.disconnects = Counter(f"{PREFIX}client_disconnects_total", "Clients that went away before their "
+                                   "answer ended", ["model"], registry=registry)
+        self.overhead = Histogram(f"{PREFIX}gateway_overhead_seconds", "Time a request spent in the wrapper "
+                                  "itself, excluding the wait for workers (streams: up to the worker's headers)",
+                                  buckets=OVERHEAD_BUCKETS, registry=registry)
+        self._attempts: dict[tuple[str, str, str | int], Counter] = {}
+        self._failovers: dict[str | int, Counter] = {}
+        self.exposition.add_live(TableCollector(table, heard_at, consul_down))
+
+    # ---- the request path ------------------------------------------------------------------------
+
+    def begin(self, capability: Capability) -> Observation:
+        return self.requests.begin(endpoint_label(capability))
+
+    def answered(self, obs: Observation, headers: dict[str, str]) -> None:
+        """The worker's answer (its headers, a JSON answer whole) is in: the gateway's overhead so far,
+        observed and, if configured, added to `headers` as Server-Timing."""
+        now = time.perf_counter()
+        worker = now - obs.admitted_at
+        gateway = now - obs.start - worker
+        self.overhead.observe(gateway)
+        if self.server_timing:
+            headers["Server-Timing"] = f"gateway;dur={gateway * 1000:.3f}, worker;dur={worker * 1000:.3f}"
+
+    def responded(self, obs: Observation, response: Response) -> None:
+        status = response.status_code
+        if status == 429:
+            self.rejections.labels("concurrency").inc()
+        if status == CLIENT_CLOSED:
+            self._disconnected(obs)
+        if isinstance(response, SSEResponse):
+            response.chunks = self.requests.relay(obs, response.chunks)
+            response.on_close = self.requests.closing(obs, status, response.on_close, self._after_stream)
+        else:
+            self.requests.finish_json(obs, response)
+
+    def failed(self, obs: Observation, exc: BaseException) -> None:
+        if isinstance(exc, ClientGone):
+            self._disconnected(obs)
+            self.requests.finish(obs, CLIENT_CLOSED)
+            return
+        status = exc.status if isinstance(exc, OpenAIError) else exc.status_code if isinstance(
+            exc, HTTPException) else 500 if isinstance(exc, Exception) else CLIENT_CLOSED
+        if 400 <= status < 500:
+            self.rejections.labels(_REJECTED_BY_WRAPPER.get(status, "invalid_request")).inc()
+        self.requests.finish(obs, status)
+
+    def _after_stream(self, obs: Observation) -> None:
+        if obs.disconnected:
+            self._disconnected(obs)
+
+    def _disconnected(self, obs: Observation) -> None:
+        self.disconnects.labels(obs.model).inc()
+
+    # ---- the hop (wrapper/hop.py's AttemptObserver) ----------------------------------------------
+
+    def attempted(self, model: str, instance: Instance, outcome: str | int) -> None:
+        """`outcome`: "ok", the error code of a failed attempt, or the status that refused it."""
+        key = (model, instance.id, outcome)
+        child = self._attempts.get(key)
+        if child is None:
+            label = _REFUSED.get(outcome, str(outcome)) if isinstance(outcome, int) else outcome
+            child = self._attempts[key] = self.attempts.labels(model, instance.id, label)
+        child.inc()
+
+    def failover(self, reason: str | int) -> None:
+        child = self._failovers.get(reason)
+        if child is None:
+            label = _REFUSED.get(reason, str(reason)) if isinstance(reason, int) else reason
+            child = self._failovers[reason] = self.failovers.labels(label)
+        child.inc()
+
+    async def endpoint(self, request: Request) -> Response:
+        return await self.exposition.endpoint(request)
+
+
+class TableCollector(Collector):
+    """Gauges read from this process's routing table and discovery when /metrics is scraped."""
+
+    def __init__(self, table: RoutingTable, heard_at: Callable[[], float | None], consul_down: Callable[[], bool]) -> None:
+        self.table = table
+        self.heard_at = heard_at
+        self.consul_down = consul_down
+
+    def collect(self) -> Iterator[Metric]:
+        instances = GaugeMetricFamily(f"{PREFIX}instances", "Healthy instances in the routing table, by model",
+                                      labels=["model"])
+        cooling = GaugeMetricFamily(f"{PREFIX}instances_cooling_down", "Instances skipped for now after a "
+                                    "failure (wrapper.cooldown), by model", labels=["model"])
+        now = time.monotonic()
+        for model in self.table.models():
+            found = self.table.instances(model)
+            instances.add_metric([model], len(found))
+            cooling.add_metric([model], sum(1 for inst in found if inst.cooled_until > now))
+        yield instances
+        yield cooling
+        heard = self.heard_at()
+        yield GaugeMetricFamily(f"{PREFIX}discovery_last_heard_seconds", "Seconds since Consul last answered "
+                                "the routing table's queries (a blocking query returns at least every "
+                                "wrapper.consul_wait)", value=now - heard if heard is not None else float("inf"))
+        yield GaugeMetricFamily(f"{PREFIX}consul_up", "Whether Consul answered the last query (1) or not (0)",
+                                value=0 if self.consul_down() or heard is None else 1)
