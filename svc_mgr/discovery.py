@@ -202,6 +202,7 @@ class Discovery:
         self._checks_read = asyncio.Event()
         self._services_read = asyncio.Event()
         self.ready = asyncio.Event()
+        self.heard: float | None = None  # time.monotonic() of Consul's last answer (/status)
 
     async def start(self) -> None:
         self._consul = connect(self.settings)
@@ -248,6 +249,7 @@ class Discovery:
                 continue
             index, backoff, lost = _next_index(index, answer.index), 0.2, False
             self.outage.ok(path)
+            self.heard = last
             read.set()
             if self._checks_read.is_set() and self._services_read.is_set():
                 self.ready.set()
@@ -350,6 +352,11 @@ class Discovery:
                 key = ((entry.get("Node") or {}).get("Node"), (entry.get("Service") or {}).get("ID"))
                 if key in needed:
                     self._book[key] = (seen[key][1], self.read_entry(entry))
+
+    def registered(self) -> list[tuple[Instance, bool]]:
+        """Every instance with checks that Consul lists (routable or not), and whether its checks pass."""
+        return [(inst, passing) for key, (_, _, passing) in self._seen.items()
+                if (inst := self._book.get(key, (None, None))[1]) is not None]
 
     async def _read(self, path: str, filter: str, entries: Callable[[Any], Iterable[dict[str, Any]]],
                     **params: str) -> Iterable[dict[str, Any]]:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from common import wire
+from common import tracing, wire
 from common.errors import model_not_found
 from common.http import (
     CLIENT_CLOSED,
@@ -32,6 +32,8 @@ from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 
 from .auth import KeyRing
 from .hop import Hop
+from .observe import Observer
+from .status import status_endpoints
 
 
 class WrapperHealth(BaseModel):
@@ -57,6 +59,8 @@ class Wrapper:
         self._secret = worker_secret.encode() if worker_secret else None
         self.discovery = Discovery(settings.consul, self.table, settings.wrapper)
         self.created = wire.now()
+        self.observer = Observer(self.table, tracing.build_exporter(settings.tracing, "openai-api-wrapper"))
+        self.hop.trace_headers = self.observer.attempt_headers
 
     async def chat(self, request: Request) -> Response:
         return await self._route(request, Capability.CHAT)
@@ -73,6 +77,7 @@ class Wrapper:
         key = self.keys.authenticate(request.headers.get("authorization"))
         raw = await read_body(request, limits.max_body_bytes, timeout=limits.body_timeout)
         model, stream = self._admit(raw, capability)
+        self.observer.admitted(request, model)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         try:
@@ -136,12 +141,18 @@ class Wrapper:
         finally:
             await self.discovery.stop()
             await self.hop.close()
+            if self.observer.exporter is not None:
+                self.observer.exporter.shutdown()
 
     def app(self) -> ASGIApp:
-        api, asgi = openai_app("openai-api-wrapper", lifespan=self.lifespan, posts={
-            wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
-            wire.PATHS[Capability.EMBEDDING]: self.embeddings})
+        api, asgi = openai_app("openai-api-wrapper", lifespan=self.lifespan, posts=self.observer.wrap({
+            wire.PATHS[Capability.CHAT]: (self.chat, Capability.CHAT),
+            wire.PATHS[Capability.COMPLETION]: (self.completion, Capability.COMPLETION),
+            wire.PATHS[Capability.EMBEDDING]: (self.embeddings, Capability.EMBEDDING)}))
         api.add_api_route("/v1/models", self.models, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/v1/models/{model:path}", self.model, methods=["GET"], response_model=wire.ModelObject)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WrapperHealth)
+        page, data = status_endpoints(self)
+        api.add_api_route("/status", page, methods=["GET"], include_in_schema=False)
+        api.add_api_route("/status.json", data, methods=["GET"], include_in_schema=False)
         return asgi

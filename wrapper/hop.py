@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
@@ -27,6 +28,10 @@ STALE_CODE = "model_not_found"  # a 404 with it: the registration is stale (the 
 # Failures before the request reached the worker: retrying them cannot do the work twice.
 NOTHING_SENT_CODES = frozenset({"worker_unreachable", "connect_timeout"})
 _CONNECT_FAILURES = (aiohttp.ClientConnectionError, OSError)
+
+
+def _no_trace(instance: Instance) -> dict[str, str]:
+    return {}
 
 
 class Attempt:
@@ -82,6 +87,7 @@ class Hop:
         if worker_secret:
             self._base_headers[SECRET_HEADER] = worker_secret
         self._session: aiohttp.ClientSession | None = None
+        self.trace_headers: Callable[[Instance], dict[str, str]] = _no_trace  # set by the wrapper's Observer
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -101,8 +107,8 @@ class Hop:
         if self._session is not None:
             await self._session.close()
 
-    def _headers(self, request_id: str) -> dict[str, str]:
-        return {**self._base_headers, "X-Request-ID": request_id}
+    def _headers(self, request_id: str, instance: Instance) -> dict[str, str]:
+        return {**self._base_headers, "X-Request-ID": request_id, **self.trace_headers(instance)}
 
     def _remaining(self, deadline: float, limit: float) -> float:
         return max(min(limit, deadline - asyncio.get_running_loop().time()), 0)
@@ -134,6 +140,7 @@ class Hop:
             except OpenAIError as exc:
                 attempt.close()
                 self.table.cool_down(inst)
+                inst.last_error = (time.time(), exc.code or exc.type)
                 log.warning("request %s: worker %s failed (%s)", request_id, inst.id, exc.code)
                 if isinstance(last, Attempt):
                     last.close()
@@ -144,6 +151,7 @@ class Hop:
                 raise
             if self._refused(attempt):
                 self.table.cool_down(inst)
+                inst.last_error = (time.time(), f"status {attempt.status}")
                 if isinstance(last, Attempt):
                     last.close()
                 last, safe = attempt, attempt.status in SAFE_RETRY_STATUSES or attempt.status == 404
@@ -188,7 +196,7 @@ class Hop:
             first_byte = self.timeouts.connect + self.timeouts.first_byte
             async with asyncio.timeout(self._remaining(attempt.deadline, first_byte)):
                 attempt.response = await self._session.post(attempt.instance.base_url + path, data=body,
-                                                             headers=self._headers(request_id))
+                                                             headers=self._headers(request_id, attempt.instance))
         except aiohttp.ConnectionTimeoutError:
             raise GatewayTimeout("Connecting to the worker timed out.", code="connect_timeout") from None
         except TimeoutError:
