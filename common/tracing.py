@@ -14,7 +14,7 @@ import contextvars
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,3 +238,19 @@ def end(trace: Trace, status: int, summary: Any = None) -> None:
     if status >= 500:
         span.set_status(Status(StatusCode.ERROR))
     span.end()
+
+
+async def summarising(chunks: AsyncGenerator[bytes, None], trace: Trace) -> AsyncGenerator[bytes, None]:
+    """A stream passed on as it comes, keeping the last event that names the model or carries usage, for
+    the span's attributes (`trace.summary`, set when the stream ends). Used only when exporting."""
+    from .wire import answer_summary
+
+    kept = b""
+    try:
+        async for chunk in chunks:
+            if b'"usage"' in chunk or not kept:
+                kept = chunk
+            yield chunk
+    finally:
+        await chunks.aclose()
+        trace.summary = answer_summary(kept)

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
+from common import tracing
 from common.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited
 from common.settings import UpstreamSettings, secret
 from common.wire import SSE, Capability, sse_error_event
@@ -99,8 +100,9 @@ class OpenAIUpstreamGen(ProxyGenerator):
 
     async def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
         assert self._client is not None
-        request = self._client.build_request(method, path, content=body,
-                                             headers={"Content-Type": "application/json"} if body else None)
+        # the worker's span (its request's traceparent) is the upstream's parent
+        headers = {"Content-Type": "application/json", **tracing.outgoing_headers()} if body else None
+        request = self._client.build_request(method, path, content=body, headers=headers)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException:

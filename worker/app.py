@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from common import wire
+from common import tracing, wire
 from common.errors import InvalidRequest, NotFound, Unauthorized, Unavailable
 from common.http import (
     CLIENT_CLOSED,
@@ -32,6 +32,7 @@ from generators import Embeddings, Forwarded, Generator, Output, ProxyGenerator
 
 from .answers import Answers
 from .concurrency import ConcurrencyLimit
+from .observe import traced
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Worker:
         self.answers = Answers(generator)
         self.limit = ConcurrencyLimit(settings.worker.max_concurrency, settings.worker.max_queue)
         self._secret = settings.worker.secret.get_secret_value().encode() if settings.worker.secret else None
+        self.exporter = tracing.build_exporter(settings.tracing, "openai-api-wrapper-worker")
 
     # ---- request checks ----------------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class Worker:
             raise InvalidRequest(f"The model '{model}' does not support {capability} requests.",
                                  param="model", code="unsupported_capability")
         self.served += 1
+        tracing.note_model(model)
         log.debug("request %s: %s %s%s", request_id(request), capability, model,
                  " stream" if wire.is_stream(body) else "")
         return body, model, raw
@@ -177,8 +180,9 @@ class Worker:
 
     def app(self) -> ASGIApp:
         api, asgi = openai_app("openai-api-wrapper worker", lifespan=self._lifespan, posts={
-            wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
-            wire.PATHS[Capability.EMBEDDING]: self.embeddings})
+            wire.PATHS[Capability.CHAT]: traced(self.chat, Capability.CHAT, self.exporter),
+            wire.PATHS[Capability.COMPLETION]: traced(self.completion, Capability.COMPLETION, self.exporter),
+            wire.PATHS[Capability.EMBEDDING]: traced(self.embeddings, Capability.EMBEDDING, self.exporter)})
         api.add_api_route("/v1/models", self.models_list, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WorkerHealth)
         return asgi
@@ -194,6 +198,8 @@ class Worker:
         if self._started:
             self._started = False
             await self.generator.shutdown()
+        if self.exporter is not None:
+            self.exporter.shutdown()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: object) -> AsyncGenerator[None, None]:

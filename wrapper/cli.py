@@ -25,7 +25,7 @@ def main(argv: Sequence[str]) -> int:
     processes = args.processes or settings.wrapper.processes
     log.info("wrapper listening on http://%s:%s/v1 with %d process(es) (Consul at %s)", args.host, args.port,
              processes, settings.consul.address)
-    return supervise(settings, args.host, args.port, processes, args.log_level)
+    return supervise(settings, args.host, args.port, processes, args.log_level, args.log_format)
 
 
 def guards(settings: Settings) -> list[Guard]:

@@ -84,7 +84,7 @@ class Observer:
                 response.chunks = self._timed(response.chunks, trace, model, started)
                 response.on_close = self._on_close(response.on_close, trace, model, response.status_code, started)
             else:
-                summary = wire.answer_summary(response.body) if trace.span is not None else None
+                summary = wire.answer_summary(bytes(response.body)) if trace.span is not None else None
                 self._finish(trace, model, response.status_code, started, summary)
             return response
 
@@ -113,19 +113,15 @@ class Observer:
     async def _timed(self, chunks: AsyncGenerator[bytes, None], trace: Trace, model: str | None,
                      started: float) -> AsyncGenerator[bytes, None]:
         """The stream as it comes, noting when its first event (not a keep-alive comment) passes: the time
-        to first token; when exporting, the last event that names the model or carries usage."""
+        to first token."""
+        if trace.span is not None:
+            chunks = tracing.summarising(chunks, trace)
         first_seen = model is None
-        exporting = trace.span is not None
-        last_with_usage = b""
         try:
             async for chunk in chunks:
                 if not first_seen and not wire.sse_comments_only(chunk):
                     first_seen = True
                     self.recent.first_token(model, time.perf_counter() - started)  # type: ignore[arg-type]
-                if exporting and (b'"usage"' in chunk or not last_with_usage):
-                    last_with_usage = chunk
                 yield chunk
         finally:
             await chunks.aclose()
-            if exporting:
-                trace.summary = wire.answer_summary(last_with_usage)

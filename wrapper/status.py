@@ -118,6 +118,7 @@ def status_data(wrapper: Wrapper) -> dict[str, Any]:
             "api_keys": "required" if not wrapper.keys.open else "open",
         },
         "window_seconds": WINDOW_SECONDS,
+        "consul_wait": settings.wrapper.consul_wait,
         # each process counts its own requests: with --processes N this is the share of the one that answered
         "figures_from": "this process",
         "generated_at": _iso(now_wall),
@@ -203,7 +204,7 @@ def _instance_html(row: dict[str, Any], now: datetime) -> str:
     cooling = f'until {e(row["cooling_until"][11:19])} UTC' if row["cooling_down"] else "no"
     error = (f'{e(row["last_error"])} <small>({_ago(row["last_error_at"], now)})</small>'
              if row["last_error"] else "—")
-    return (f'<tr data-instance="{e(row["id"])}" class="{css}"><td data-state class="state {css}">{word}</td>'
+    return (f'<tr data-instance="{e(row["id"])}" class="row-{css}"><td data-state class="state {css}">{word}</td>'
             f'<td class="name">{e(row["id"])}</td><td>{e(row["service"])}</td><td>{e(row["address"])}</td>'
             f'<td data-check>{e(row["check"])}</td><td>{cooling}</td><td>{row["in_flight"]}</td>'
             f'<td>{error}</td><td>{_ago(row["seen_since"], now)}</td>'
@@ -225,9 +226,17 @@ table{width:100%;border-collapse:collapse}th,td{text-align:left;padding:6px 16px
 th{color:var(--mute);font-weight:600;font-size:12px;text-transform:uppercase;letter-spacing:.03em}
 td.name{font-family:ui-monospace,monospace}td.models{color:var(--mute);white-space:normal}
 .state{font-weight:700}.up{color:var(--up)}.down{color:var(--down)}.cooling{color:var(--cool)}
-tr.down{background:#fef2f2}tr.cooling{background:#fffbeb}
+tr.row-down{background:#fef2f2}tr.row-cooling{background:#fffbeb}
 .note{color:var(--mute);margin:0 16px;font-size:12px}details{margin:0 16px}pre{font-size:12px}
 """
+
+
+def _limits_line(limits: dict[str, Any]) -> str:
+    timeouts = limits["timeouts_seconds"]
+    return " · ".join([
+        f"balancer {e(limits['balancer'])}", f"{limits['max_attempts']} attempts", f"cool-down {limits['cooldown_seconds']:g} s",
+        f"first byte ≤ {timeouts['first_byte']:g} s", f"total ≤ {timeouts['total']:g} s",
+        f"body ≤ {limits['max_body_bytes'] // 1024} KiB", f"{limits['max_connections']} client connections / process"])
 
 
 def render(data: dict[str, Any]) -> str:
@@ -250,7 +259,7 @@ def render(data: dict[str, Any]) -> str:
 <main>
 <div class="cards">
 <div class="card" id="consul"><small>Consul ({e(consul["address"])})</small>{reach}</div>
-<div class="card" id="table-age"><small>routing table last heard from Consul</small><b>{"—" if age is None else f"{age:.1f} s ago"}</b></div>
+<div class="card" id="table-age"><small>Consul's last answer (at least every {e(data["consul_wait"])})</small><b>{"—" if age is None else f"{age:.1f} s ago"}</b></div>
 <div class="card" id="uptime"><small>uptime</small><b>{w["uptime_seconds"]:.0f} s</b></div>
 <div class="card" id="model-count"><small>models</small><b>{len(data["models"])}</b></div>
 <div class="card" id="instance-count"><small>instances up / registered</small><b>{sum(_state(r)[0] != "down" for r in data["instances"])} / {len(data["instances"])}</b></div>
@@ -263,5 +272,6 @@ counted by this process (pid {w["pid"]}{f" of {w['processes']}" if w["processes"
 <section><h2>Instances</h2><table id="instances"><thead><tr><th>state</th><th>instance</th><th>service</th>
 <th>address</th><th>Consul check</th><th>cooling down</th><th>in flight</th><th>last error</th><th>seen since</th>
 <th>models</th></tr></thead><tbody>{instances}</tbody></table></section>
-<section><h2>Limits</h2><details><summary>configured limits</summary><pre>{limits}</pre></details></section>
+<section><h2>Limits</h2><p class="note" id="limits">{_limits_line(w["limits"])}</p>
+<details><summary>all configured limits</summary><pre>{limits}</pre></details></section>
 </main></body></html>"""
