@@ -17,7 +17,7 @@ def traced(endpoint: Endpoint, capability: str, exporter: Exporter | None) -> En
     operation = tracing.OPERATIONS[capability]
 
     async def handle(request: Request) -> Response:
-        trace = tracing.begin(exporter, request.headers, request_id(request), operation, operation)
+        trace = tracing.begin(exporter, request.scope["headers"], request_id(request), operation, operation)
         if trace.span is None:
             return await endpoint(request)  # ids only: nothing to end
         try:

@@ -73,7 +73,7 @@ class Observer:
 
         async def handle(request: Request) -> Response:
             started = time.perf_counter()
-            trace = tracing.begin(exporter, request.headers, request_id(request), operation, operation)
+            trace = tracing.begin(exporter, request.scope["headers"], request_id(request), operation, operation)
             try:
                 response = await endpoint(request)
             except Exception as exc:  # answered here, not by DirectRoutes, so the error carries traceparent too

@@ -33,13 +33,14 @@ def test_a_valid_traceparent_is_kept():
                                  f"00-{TRACE}-{PARENT}-01-extra", f"00-{TRACE}-{PARENT}-01" + "x" * 600])
 def test_a_bad_traceparent_starts_a_new_trace(bad):
     assert tracing.parse_traceparent(bad) is None
-    trace = tracing.start({"traceparent": bad, "tracestate": "vendor=1"} if bad is not None else {})
+    trace = tracing.start([(b"traceparent", bad.encode()), (b"tracestate", b"vendor=1")] if bad is not None else [])
     assert len(trace.trace_id) == 32 and trace.trace_id != TRACE and trace.state is None and trace.parent_id is None
     assert tracing.parse_traceparent(trace.traceparent()) == (trace.trace_id, trace.span_id, "01")
 
 
 def test_the_next_hop_gets_our_span_as_parent_and_the_callers_tracestate():
-    trace = tracing.start({"traceparent": f"00-{TRACE}-{PARENT}-00", "tracestate": "congo=t61rcWkgMzE"}, "rid-1")
+    trace = tracing.start([(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode()), (b"tracestate", b"congo=t61rcWkgMzE")],
+                          "rid-1")
     assert tracing.current() is trace and trace.parent_id == PARENT and trace.span_id != PARENT
     assert tracing.outgoing_headers() == {"traceparent": f"00-{TRACE}-{trace.span_id}-00",
                                           "tracestate": "congo=t61rcWkgMzE"}
@@ -154,7 +155,7 @@ def test_a_refused_request_ends_its_span_with_the_status(traced_worker):
 # ---- logs and keys ----------------------------------------------------------------------------------
 
 def test_a_json_log_line_carries_the_requests_fields():
-    trace = tracing.start({}, "rid-42")
+    trace = tracing.start([], "rid-42")
     trace.model, trace.instance = "m", "echo-127.0.0.1-9"
     record = logging.LogRecord("wrapper", logging.INFO, __file__, 1, "request %s done", ("rid-42",), None)
     record.status, record.duration = 200, 0.0123
