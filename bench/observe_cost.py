@@ -2,6 +2,7 @@
 """What the status page's recorder and the trace context cost per request (issue #10, part 2):
 
     python3 -m bench.observe_cost [BASE_COMMIT] [--rounds N] [--seconds S]
+    python3 -m bench.observe_cost --micro     # in process: the observer's own CPU per request
 
 Starts one Consul dev agent and one EchoGen worker (current code), and two wrappers on the same worker:
 "before", the wrapper of BASE_COMMIT (default: the branch's merge base with main, unpacked with
@@ -53,12 +54,60 @@ def load(url: str, body: Path, seconds: int) -> int:
     return int(result["requests"])
 
 
+def micro(n: int = 50_000, rounds: int = 5) -> None:
+    """CPU per request of Observer.observed + admitted + attempt_headers around a trivial endpoint, in
+    process, against the same endpoint bare: what the request path pays, without the network's noise."""
+    import asyncio
+    import time
+
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from svc_mgr import Instance, RoutingTable
+    from wrapper.observe import Observer
+
+    table = RoutingTable()
+    instance = Instance(id="echo-1", service="echo", address="127.0.0.1", port=1, models=("m",))
+    table.update({"echo": [instance]})
+    observer = Observer(table)
+    headers = [(b"host", b"x"), (b"content-type", b"application/json"), (b"x-request-id", b"abc")]
+
+    async def bare(request: Request) -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    async def routed(request: Request) -> Response:
+        observer.admitted(request, "m")
+        observer.attempt_headers(instance)
+        return await bare(request)
+
+    async def cpu_per_request(endpoint) -> float:  # type: ignore[no-untyped-def]
+        started = time.process_time()
+        for _ in range(n):
+            await endpoint(Request({"type": "http", "headers": headers, "method": "POST", "path": "/"}))
+        return (time.process_time() - started) / n * 1e6
+
+    async def run() -> None:
+        observed = observer.observed(routed, "chat")
+        added = []
+        for _ in range(rounds):
+            without, with_ = await cpu_per_request(bare), await cpu_per_request(observed)
+            added.append(with_ - without)
+            print(f"bare {without:.1f} µs, observed {with_:.1f} µs: +{with_ - without:.1f} µs CPU/request")
+        print(f"median added: {statistics.median(added):.1f} µs CPU/request")
+
+    asyncio.run(run())
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", nargs="?", default=None, help="the commit to compare with (default: merge base with main)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--micro", action="store_true", help="only the in-process measurement")
     args = parser.parse_args(argv)
+    if args.micro:
+        micro()
+        return 0
     base = args.base or subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
                                        capture_output=True, text=True).stdout.strip()
     procs = Procs()
