@@ -7,7 +7,7 @@
 Starts one Consul dev agent and one EchoGen worker (current code), and two wrappers on the same worker:
 "before", the wrapper of BASE_COMMIT (default: the branch's merge base with main, unpacked with
 `git archive` into a temporary directory), and "after", this checkout's. Runs wrk (JSON chat, 16
-connections) against each in turn, alternating for N rounds, and prints the wrapper's CPU microseconds
+connections by default) against each in turn, alternating for N rounds, and prints the wrapper's CPU microseconds
 per request for each round and their medians: CPU per request is less sensitive than throughput to the
 other load on a shared machine. Tracing export stays off (the default). Every process is stopped at the end.
 """
@@ -44,9 +44,9 @@ def start_wrapper(procs: Procs, consul: Consul, tree: Path, name: str) -> tuple[
     return url, proc.pid
 
 
-def load(url: str, body: Path, seconds: int) -> int:
-    """Requests wrk completed in `seconds` (16 connections, one thread)."""
-    out = subprocess.run(["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(ROOT / "bench" / "wrk_post.lua"),
+def load(url: str, body: Path, seconds: int, connections: int) -> int:
+    """Requests wrk completed in `seconds` (`connections` connections, one thread)."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(ROOT / "bench" / "wrk_post.lua"),
                           url + "/v1/chat/completions", "--", str(body)], check=True, capture_output=True, text=True)
     result = json.loads(re.search(r"BENCH_JSON (\{.*\})", out.stdout).group(1))  # type: ignore[union-attr]
     if any(result.get("errors", {}).values()):
@@ -103,6 +103,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("base", nargs="?", default=None, help="the commit to compare with (default: merge base with main)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--before-tree", type=Path, default=None, help="a source tree to run as 'before' instead")
     parser.add_argument("--micro", action="store_true", help="only the in-process measurement")
     args = parser.parse_args(argv)
     if args.micro:
@@ -113,7 +115,7 @@ def main(argv: list[str]) -> int:
     procs = Procs()
     try:
         with tempfile.TemporaryDirectory(prefix="observe-cost-") as tmp:
-            before_tree = unpack(base, Path(tmp))
+            before_tree = args.before_tree or unpack(base, Path(tmp))
             body = Path(tmp) / "body.json"
             body.write_text(json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}))
             consul = Consul(procs)
@@ -125,12 +127,12 @@ def main(argv: list[str]) -> int:
             urls = {name: url for name, (url, _) in started.items()}
             pids = {name: pid for name, (_, pid) in started.items()}
             for url in urls.values():
-                load(url, body, 1)  # warm up
+                load(url, body, 1, args.connections)  # warm up
             per_request: dict[str, list[float]] = {"before": [], "after": []}
             for round_ in range(args.rounds):
                 for name in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
                     cpu = cpu_seconds(pids[name])
-                    requests = load(urls[name], body, args.seconds)
+                    requests = load(urls[name], body, args.seconds, args.connections)
                     per_request[name].append((cpu_seconds(pids[name]) - cpu) / requests * 1e6)
                     print(f"round {round_ + 1} {name:6}: {requests:6d} requests, "
                           f"{per_request[name][-1]:6.0f} µs CPU/request", flush=True)
