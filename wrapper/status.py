@@ -87,13 +87,16 @@ def status_data(wrapper: Wrapper) -> dict[str, Any]:
             rows[inst.id] = _instance_row(inst, "unchecked", True, now_wall, now_mono)
     instances = sorted(rows.values(), key=lambda r: (r["service"], r["id"]))
 
+    claimed: dict[str, int] = {}  # one pass: the fleet may hold thousands of instances and models
+    for row in instances:
+        for name in row["models"]:
+            claimed[name] = claimed.get(name, 0) + 1
     models = []
-    for name in sorted({m for row in instances for m in row["models"]} | set(table.models())):
-        claimed = [row for row in instances if name in row["models"]]
+    for name in sorted(claimed.keys() | set(table.models())):
         healthy = len(table.instances(name))
         figures = wrapper.observer.recent.figures(name)
         models.append({
-            "name": name, "healthy": healthy, "total": max(len(claimed), healthy),
+            "name": name, "healthy": healthy, "total": max(claimed.get(name, 0), healthy),
             "in_flight": figures.in_flight, "requests": figures.requests, "errors": figures.errors,
             "rps": _round(figures.rps), "error_rate": _round(figures.error_rate, 4),
             "ttft_p50_ms": _round(figures.ttft_p50 * 1000 if figures.ttft_p50 is not None else None, 1),
