@@ -25,13 +25,15 @@ SCREENSHOT = ROOT / "docs" / "status-page.png"
 
 
 @pytest.fixture(scope="module")
-def fleet(module_procs, consul):
+def fleet(module_procs, consul, tmp_path_factory):
     """model_a on workers 1 and 2, model_b on workers 2 and 3; worker 3 killed, so model_b has 1 of 2."""
     model_a, model_b = unique_model("status-a"), unique_model("status-b")
     w1 = start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", model_a)
     w2 = start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", f"{model_a},{model_b}")
     w3 = start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", model_b)
-    wrapper = start_wrapper(module_procs, consul)
+    config = tmp_path_factory.mktemp("status-fleet") / "env.yaml"
+    config.write_text("wrapper:\n  cooldown: 120\n")  # a failed instance stays cooling down while a test looks
+    wrapper = start_wrapper(module_procs, consul, "--config", str(config))
     wait_until(lambda: routable(wrapper, model_a) and routable(wrapper, model_b), 10, "both models routable")
     w3.proc.signal(signal.SIGKILL)  # no deregistration: Consul's check of it turns critical
     killed = f"-127.0.0.1-{w3.port}"
@@ -200,3 +202,27 @@ def test_status_page_in_a_browser_marks_the_killed_worker_down(fleet, browser):
     assert browser.find_element(By.CSS_SELECTOR, "#consul b").text == "reachable"
     if os.environ.get("UPDATE_STATUS_SCREENSHOT"):  # regenerate docs/status-page.png
         Path(SCREENSHOT).write_bytes(browser.get_screenshot_as_png())
+
+
+def test_status_shows_a_failing_instance_cooling_down_with_its_last_error(fleet, consul):
+    """Runs last: it adds an instance of model_a at a port nobody listens on (registered without a check,
+    so routed), then sends requests until one fails over from it."""
+    from tests.support.procs import free_port
+
+    wrapper, _, model_a, _ = fleet
+    dead_port = free_port()
+    with registered(consul, "dead", dead_port, model_a):
+        wait_until(lambda: model_row(status(wrapper), model_a)["healthy"] == 3, 10, "the dead instance routed")
+
+        def failed_over() -> bool:
+            code, _, _ = post(wrapper.base_url + "/chat/completions",
+                              {"model": model_a, "messages": [{"role": "user", "content": "hi"}]})
+            assert code == 200  # the failover hides it from the client
+            return instance_row(status(wrapper), dead_port)["last_error"] is not None
+
+        wait_until(failed_over, 20, "a request to try the dead instance")
+        dead = instance_row(status(wrapper), dead_port)
+        assert dead["last_error"] == "worker_unreachable" and dead["last_error_at"]
+        assert dead["cooling_down"] is True and dead["cooling_until"] and dead["check"] == "unchecked"
+        row = re.search(rf'<tr data-instance="{re.escape(dead["id"])}"[^>]*>(.*?)</tr>', page(wrapper)).group(1)
+        assert ">cooling down<" in row and "worker_unreachable" in row

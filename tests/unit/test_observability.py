@@ -169,3 +169,23 @@ def test_a_json_log_line_carries_the_requests_fields():
 def test_an_api_key_is_not_admin_unless_it_says_so():
     assert ApiKey(key="sk-0123456789").admin is False
     assert ApiKey(key="sk-0123456789", admin=True).admin is True
+
+
+def test_a_failed_over_attempt_span_ends_in_error_and_the_next_is_the_workers_parent():
+    from svc_mgr import Instance, RoutingTable
+    from wrapper.observe import Observer
+
+    spans = InMemorySpanExporter()
+    exporter = tracing.Exporter("test-wrapper", exporter=spans)
+    observer = Observer(RoutingTable(), exporter)
+    trace = tracing.begin(exporter, [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())], "rid", "chat", "chat")
+    first, second = (Instance(id=f"echo-{i}", service="echo", address="127.0.0.1", port=i, models=("m",)) for i in (1, 2))
+    observer.attempt_headers(first)
+    headers = observer.attempt_headers(second)
+    tracing.end(trace, 200)
+    failed, served, request = spans.get_finished_spans()
+    assert failed.status.status_code.name == "ERROR" and failed.attributes["openai_api_wrapper.instance"] == "echo-1"
+    assert served.status.status_code.name == "UNSET" and served.attributes["http.response.status_code"] == 200
+    assert failed.parent.span_id == served.parent.span_id == request.context.span_id
+    assert headers["traceparent"] == f"00-{TRACE}-{format(served.context.span_id, '016x')}-01"
+    assert format(request.parent.span_id, "016x") == PARENT
