@@ -226,3 +226,17 @@ def test_status_shows_a_failing_instance_cooling_down_with_its_last_error(fleet,
         assert dead["cooling_down"] is True and dead["cooling_until"] and dead["check"] == "unchecked"
         row = re.search(rf'<tr data-instance="{re.escape(dead["id"])}"[^>]*>(.*?)</tr>', page(wrapper)).group(1)
         assert ">cooling down<" in row and "worker_unreachable" in row
+
+
+def test_with_two_processes_each_answers_from_its_own_figures(module_procs, consul):
+    wrapper = start_wrapper(module_procs, consul, "--processes", "2")
+    pids: set[int] = set()
+
+    def both_answered() -> bool:
+        data = status(wrapper)  # a new connection each time: the kernel spreads them over the processes
+        assert data["wrapper"]["processes"] == 2 and data["figures_from"] == "this process"
+        pids.add(data["wrapper"]["pid"])
+        return len(pids) == 2
+
+    wait_until(both_answered, 30, "both processes to answer /status.json")
+    assert "of 2" in page(wrapper)
