@@ -79,6 +79,7 @@ class Trace:
     span: Any = None  # the SDK span when exporting
     attempts: list[Any] = field(default_factory=list)  # the SDK spans of the hop's attempts
     summary: Any = None  # a stream's wire.AnswerSummary, once it ended (when exporting)
+    failed_midway: bool = False  # a stream that ended with an error event after its 200
 
     def traceparent(self, span_id: str | None = None) -> str:
         return f"00-{self.trace_id}-{span_id or self.span_id}-{self.flags}"

@@ -70,6 +70,15 @@ def sse_comments_only(chunk: bytes) -> bool:
     return all(not line or line[0] == 58 for line in chunk.splitlines())  # 58: ":"
 
 
+_ERROR_EVENT = b'data: {"error":'
+
+
+def ends_with_error_event(chunk: bytes) -> bool:
+    """Whether a stream's last chunk holds the error event a failed stream ends with (`sse_error_event`).
+    Inside an event's JSON strings a quote is escaped, so the bytes cannot come from generated text."""
+    return _ERROR_EVENT in chunk
+
+
 def error_code(raw: bytes) -> str | None:
     """The `code` of an OpenAI error body, or None if `raw` is not one."""
     try:

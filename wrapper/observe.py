@@ -107,21 +107,25 @@ class Observer:
                 if then is not None:
                     then()
             finally:
-                self._finish(trace, model, status, started, trace.summary)
+                # a stream that failed after its 200 counts as the 502 its error event reports
+                self._finish(trace, model, 502 if trace.failed_midway else status, started, trace.summary)
         return on_close
 
     async def _timed(self, chunks: AsyncGenerator[bytes, None], trace: Trace, model: str | None,
                      started: float) -> AsyncGenerator[bytes, None]:
         """The stream as it comes, noting when its first event (not a keep-alive comment) passes: the time
-        to first token."""
+        to first token; and whether it ended with an error event (Hop.stream's, or the worker's)."""
         if trace.span is not None:
             chunks = tracing.summarising(chunks, trace)
         first_seen = model is None
+        last = b""
         try:
             async for chunk in chunks:
                 if not first_seen and not wire.sse_comments_only(chunk):
                     first_seen = True
                     self.recent.first_token(model, time.perf_counter() - started)  # type: ignore[arg-type]
+                last = chunk
                 yield chunk
         finally:
             await chunks.aclose()
+            trace.failed_midway = wire.ends_with_error_event(last)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.support.procs import ROOT, get_json, post, wait_until
-from tests.support.servers import registered, routable, start_worker, start_wrapper, unique_model
+from tests.support.servers import registered, routable, start_fake_worker, start_worker, start_wrapper, unique_model
 
 ADMIN_KEY = "sk-status-admin-0123456789"
 USER_KEY = "sk-status-user-0123456789"
@@ -32,7 +32,8 @@ def fleet(module_procs, consul, tmp_path_factory):
     w2 = start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", f"{model_a},{model_b}")
     w3 = start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", model_b)
     config = tmp_path_factory.mktemp("status-fleet") / "env.yaml"
-    config.write_text("wrapper:\n  cooldown: 120\n")  # a failed instance stays cooling down while a test looks
+    # a failed instance stays cooling down while a test looks; a stalled stream fails after 2 s
+    config.write_text("wrapper:\n  cooldown: 120\n  timeouts:\n    idle: 2.0\n")
     wrapper = start_wrapper(module_procs, consul, "--config", str(config))
     wait_until(lambda: routable(wrapper, model_a) and routable(wrapper, model_b), 10, "both models routable")
     w3.proc.signal(signal.SIGKILL)  # no deregistration: Consul's check of it turns critical
@@ -226,6 +227,22 @@ def test_status_shows_a_failing_instance_cooling_down_with_its_last_error(fleet,
         assert dead["cooling_down"] is True and dead["cooling_until"] and dead["check"] == "unchecked"
         row = re.search(rf'<tr data-instance="{re.escape(dead["id"])}"[^>]*>(.*?)</tr>', page(wrapper)).group(1)
         assert ">cooling down<" in row and "worker_unreachable" in row
+
+
+def test_a_stream_that_fails_midway_counts_as_an_error(fleet, module_procs, consul):
+    """A worker that sends one chunk then only keep-alive pings: the wrapper ends the stream with an
+    idle_timeout error event after its 200, and the status page counts it as an error."""
+    wrapper, *_ = fleet
+    model = unique_model("status-stall")
+    stalling = start_fake_worker(module_procs, "pings")
+    with registered(consul, "stall", stalling.port, model):
+        wait_until(lambda: routable(wrapper, model), 10, "the stalling worker routed")
+        body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", wrapper.base_url + "/chat/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200 and "idle_timeout" in response.read().decode()
+        wait_until(lambda: model_row(status(wrapper), model)["errors"] == 1, 10, "the failed stream counted")
+        row = model_row(status(wrapper), model)
+        assert row["requests"] == 1 and row["error_rate"] == 1.0 and row["ttft_p50_ms"] is not None
 
 
 def test_with_two_processes_each_answers_from_its_own_figures(module_procs, consul):

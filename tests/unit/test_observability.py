@@ -189,3 +189,12 @@ def test_a_failed_over_attempt_span_ends_in_error_and_the_next_is_the_workers_pa
     assert failed.parent.span_id == served.parent.span_id == request.context.span_id
     assert headers["traceparent"] == f"00-{TRACE}-{format(served.context.span_id, '016x')}-01"
     assert format(request.parent.span_id, "016x") == PARENT
+
+
+def test_a_stream_ending_with_an_error_event_is_told_from_one_that_talks_about_errors():
+    from common.errors import BadGateway
+    from common.wire import ends_with_error_event, sse_error_event, sse_event
+
+    assert ends_with_error_event(b"\n\n" + sse_error_event(BadGateway("failed", code="worker_failed")))
+    assert not ends_with_error_event(sse_event({"choices": [{"delta": {"content": 'data: {"error": 1}'}}]}))
+    assert not ends_with_error_event(b"data: [DONE]\n\n")
