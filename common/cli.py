@@ -8,11 +8,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .logs import JsonFormatter
 from .settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -21,13 +23,18 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("port", type=int, help="port to listen on")
     parser.add_argument("--config", default=None, metavar="PATH", help="settings file (default: env.yaml)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                        help="text (for people, the default) or json (one object per line, for log shippers)")
     parser.add_argument("--require-auth", action="store_true",
                         help="refuse to start without API keys / worker secret (sets security.strict)")
     return parser
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     # httpx logs every request at INFO; a line per request costs a third of the throughput
     # (docs/performance.md), so openai_worker's upstream calls log only when something is wrong
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -35,7 +42,7 @@ def configure_logging(level: str) -> None:
 
 def setup(args: argparse.Namespace) -> Settings:
     """Logging as asked, then the settings with the command line's overrides; raises ConfigError."""
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     settings = load_settings(args.config)
     if args.require_auth:
         settings = settings.model_copy(update={"security": settings.security.model_copy(update={"strict": True})})

@@ -56,6 +56,7 @@ class ApiKey(_Section):
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     models: list[str] | None = None  # None: every model
     name: str | None = None
+    admin: bool = False  # may read the wrapper's /status and /status.json (when keys are configured)
 
     @model_validator(mode="after")
     def _one_form(self) -> ApiKey:
@@ -163,6 +164,13 @@ class MetricsSettings(_Section):
     server_timing: bool = True  # the wrapper's Server-Timing header: its own time and the worker's, per request
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry export of spans (traceparent is passed on whether or not spans are exported)."""
+
+    otlp_endpoint: str | None = None  # OTLP/HTTP base URL, e.g. http://127.0.0.1:4318; None: no export
+    service_name: str | None = None  # default: openai-api-wrapper / openai-api-wrapper-worker
+
+
 class Settings(_Section):
     consul: ConsulSettings = ConsulSettings()
     limits: LimitSettings = LimitSettings()
@@ -171,6 +179,7 @@ class Settings(_Section):
     openai: UpstreamSettings = UpstreamSettings()
     security: SecuritySettings = SecuritySettings()
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
     source: str = Field("<defaults>", exclude=True)
 
 

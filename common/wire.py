@@ -7,6 +7,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -98,6 +99,15 @@ def sse_comments_only(chunk: bytes) -> bool:
     if chunk[0] not in _KEEPALIVE_START:
         return False  # the usual chunk, an event: decided on its first byte
     return all(not line or line[0] == 58 for line in chunk.splitlines())  # 58: ":"
+
+
+_ERROR_EVENT = b'data: {"error":'
+
+
+def ends_with_error_event(chunk: bytes) -> bool:
+    """Whether a stream's last chunk holds the error event a failed stream ends with (`sse_error_event`).
+    Inside an event's JSON strings a quote is escaped, so the bytes cannot come from generated text."""
+    return _ERROR_EVENT in chunk
 
 
 def error_code(raw: bytes) -> str | None:
@@ -481,3 +491,33 @@ def _item_caps(capability: Capability, limits: LimitSettings) -> tuple[tuple[str
     if capability is Capability.SCORE:
         return ("text_1", limits.max_embedding_inputs), ("text_2", limits.max_embedding_inputs)
     return ()
+
+
+# ---- what an answer says about itself (for traces; read only when spans are exported) ------------
+
+@dataclass(frozen=True)
+class AnswerSummary:
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+def answer_summary(raw: bytes) -> AnswerSummary:
+    """The model and token usage of a JSON answer, or of one SSE chunk (its last event that has them)."""
+    model, usage_ = None, None
+    events = [raw] if not raw.startswith(b"data:") else [line[5:] for line in raw.split(b"\n")
+                                                         if line.startswith(b"data:") and b"[DONE]" not in line]
+    for event in events:
+        try:
+            obj = orjson.loads(event)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            model = obj.get("model") if isinstance(obj.get("model"), str) else model
+            usage_ = obj.get("usage") if isinstance(obj.get("usage"), dict) else usage_
+    tokens = usage_ or {}
+    return AnswerSummary(model, _count(tokens.get("prompt_tokens")), _count(tokens.get("completion_tokens")))
+
+
+def _count(value: Any) -> int | None:
+    return value if _is_int(value) and value >= 0 else None

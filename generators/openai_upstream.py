@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
-from common import multipart
+from common import multipart, tracing
 from common.errors import BadGateway, GatewayTimeout, OpenAIError, RateLimited
 from common.settings import UpstreamSettings, secret
 from common.wire import BINARY_ANSWER, PATHS, SSE, Capability, sse_error_event
@@ -113,8 +113,9 @@ class OpenAIUpstreamGen(ProxyGenerator):
 
     async def _send(self, method: str, path: str, body: bytes | None, content_type: str = JSON) -> httpx.Response:
         assert self._client is not None
-        request = self._client.build_request(method, path, content=body,
-                                             headers={"Content-Type": content_type} if body else None)
+        # the worker's span (its request's traceparent) is the upstream's parent
+        headers = {"Content-Type": content_type, **tracing.outgoing_headers()} if body else None
+        request = self._client.build_request(method, path, content=body, headers=headers)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException:

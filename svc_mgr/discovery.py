@@ -236,7 +236,7 @@ class Discovery:
         self._services_idle.set()
         self._services_read = asyncio.Event()
         self.ready = asyncio.Event()
-        self.heard_at: float | None = None  # monotonic time of Consul's last answer (the metrics show its age)
+        self.heard_at: float | None = None  # monotonic time of Consul's last answer (metrics and /status show its age)
 
     async def start(self) -> None:
         self._consul = connect(self.settings)
@@ -439,6 +439,11 @@ class Discovery:
                 key = ((entry.get("Node") or {}).get("Node"), (entry.get("Service") or {}).get("ID"))
                 if key in needed:
                     self._book[key] = (seen[key][1], self.read_entry(entry))
+
+    def registered(self) -> list[tuple[Instance, bool]]:
+        """Every instance with checks that Consul lists (routable or not), and whether its checks pass."""
+        return [(inst, passing) for key, (_, _, passing) in self._seen.items()
+                if (inst := self._book.get(key, (None, None))[1]) is not None]
 
     async def _read(self, path: str, filter: str, entries: Callable[[Any], Iterable[dict[str, Any]]],
                     **params: str) -> Iterable[dict[str, Any]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,8 @@ class Instance:
     base_url: str = field(init=False)
     in_flight: int = field(default=0, compare=False)
     cooled_until: float = field(default=0.0, compare=False)
+    seen_since: float = field(default_factory=time.time, compare=False)  # when this wrapper read it (/status)
+    last_error: tuple[float, str] | None = field(default=None, compare=False)  # (time.time(), error code)
 
     def __post_init__(self) -> None:
         self.base_url = http_base(self.address, self.port)

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from common import wire
+from common import tracing, wire
 from common.errors import InvalidRequest, NotFound, Unauthorized, Unavailable
 from common.http import (
     CLIENT_CLOSED,
@@ -33,6 +33,7 @@ from generators import Embeddings, Forwarded, Generator, Output, ProxyGenerator
 from .answers import Answers
 from .concurrency import ConcurrencyLimit
 from .metrics import WorkerMetrics
+from .observe import traced
 from .relay import relay_endpoints
 from .responses import Responses
 
@@ -62,6 +63,7 @@ class Worker:
         self._secret = settings.worker.secret.get_secret_value().encode() if settings.worker.secret else None
         self.metrics = WorkerMetrics(lambda model: model in self.models, lambda: self.limit.waiting
                                      ) if settings.metrics.enabled else None
+        self.exporter = tracing.build_exporter(settings.tracing, "openai-api-wrapper-worker")
 
     # ---- request checks ----------------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class Worker:
         model = wire.require_routing_fields(body, capability)
         wire.check_fields(body, capability, limits)
         self.admit(model, capability)
+        tracing.note_model(model)
         if self.metrics is not None:
             self.metrics.admit(request, model, wire.is_stream(body))
         log.debug("request %s: %s %s%s", request_id(request), capability, model,
@@ -228,8 +231,10 @@ class Worker:
 
     def app(self) -> ASGIApp:
         api, asgi = openai_app("openai-api-wrapper worker", lifespan=self._lifespan, posts={
-            wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
-            wire.PATHS[Capability.EMBEDDING]: self.embeddings, wire.PATHS[Capability.RESPONSES]: self.responses,
+            wire.PATHS[Capability.CHAT]: traced(self.chat, Capability.CHAT, self.exporter),
+            wire.PATHS[Capability.COMPLETION]: traced(self.completion, Capability.COMPLETION, self.exporter),
+            wire.PATHS[Capability.EMBEDDING]: traced(self.embeddings, Capability.EMBEDDING, self.exporter),
+            wire.PATHS[Capability.RESPONSES]: self.responses,
             wire.PATHS[Capability.RESPONSES_INPUT_TOKENS]: self.responses_input_tokens,
             **relay_endpoints(self)})  # a proxy relays every capability, /v1/responses included
         api.add_api_route("/v1/models", self.models_list, methods=["GET"], response_model=wire.ModelList)
@@ -249,6 +254,8 @@ class Worker:
         if self._started:
             self._started = False
             await self.generator.shutdown()
+        if self.exporter is not None:
+            self.exporter.shutdown()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: object) -> AsyncGenerator[None, None]:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from common import multipart, wire
+from common import multipart, tracing, wire
 from common.errors import model_not_found, unsupported_capability
 from common.http import (
     CLIENT_CLOSED,
@@ -35,6 +35,8 @@ from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 from .auth import KeyRing
 from .hop import Hop
 from .metrics import WrapperMetrics
+from .observe import Observer
+from .status import status_endpoints
 from .unsupported import add_unsupported_routes
 
 
@@ -64,6 +66,8 @@ class Wrapper:
         self.metrics = WrapperMetrics(self.table, lambda: self.discovery.heard_at, lambda: self.discovery.outage.down,
                                       settings.metrics.server_timing) if settings.metrics.enabled else None
         self.hop.observer = self.metrics
+        self.observer = Observer(self.table, tracing.build_exporter(settings.tracing, "openai-api-wrapper"))
+        self.hop.trace_headers = self.observer.attempt_headers
 
     async def chat(self, request: Request) -> Response:
         return await self._observed(request, Capability.CHAT)
@@ -104,6 +108,7 @@ class Wrapper:
         model, stream = self._admit(raw, capability, content_type)
         if obs is not None:
             obs.admit(model, stream)
+        self.observer.admitted(request, model)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         if not self.table.serves(model, capability):
@@ -178,16 +183,22 @@ class Wrapper:
         finally:
             await self.discovery.stop()
             await self.hop.close()
+            if self.observer.exporter is not None:
+                self.observer.exporter.shutdown()
 
     def app(self) -> ASGIApp:
-        api, asgi = openai_app("openai-api-wrapper", lifespan=self.lifespan, posts={
-            wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
-            wire.PATHS[Capability.EMBEDDING]: self.embeddings,
-            **{wire.PATHS[c]: self._endpoint(c) for c in Capability if c not in wire.LEGACY_CAPABILITIES}})
+        api, asgi = openai_app("openai-api-wrapper", lifespan=self.lifespan, posts=self.observer.wrap({
+            wire.PATHS[Capability.CHAT]: (self.chat, Capability.CHAT),
+            wire.PATHS[Capability.COMPLETION]: (self.completion, Capability.COMPLETION),
+            wire.PATHS[Capability.EMBEDDING]: (self.embeddings, Capability.EMBEDDING),
+            **{wire.PATHS[c]: (self._endpoint(c), c) for c in Capability if c not in wire.LEGACY_CAPABILITIES}}))
         api.add_api_route("/v1/models", self.models, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/v1/models/{model:path}", self.model, methods=["GET"], response_model=wire.ModelObject)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WrapperHealth)
         if self.metrics is not None:
             api.add_api_route("/metrics", self.metrics.endpoint, methods=["GET"], include_in_schema=False)
+        page, data = status_endpoints(self)
+        api.add_api_route("/status", page, methods=["GET"], include_in_schema=False)
+        api.add_api_route("/status.json", data, methods=["GET"], include_in_schema=False)
         add_unsupported_routes(api)
         return asgi

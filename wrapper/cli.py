@@ -23,9 +23,11 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     processes = args.processes or settings.wrapper.processes
+    # the status page shows the number of processes
+    settings = settings.model_copy(update={"wrapper": settings.wrapper.model_copy(update={"processes": processes})})
     log.info("wrapper listening on http://%s:%s/v1 with %d process(es) (Consul at %s)", args.host, args.port,
              processes, settings.consul.address)
-    return supervise(settings, args.host, args.port, processes, args.log_level)
+    return supervise(settings, args.host, args.port, processes, args.log_level, args.log_format)
 
 
 def guards(settings: Settings) -> list[Guard]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 import aiohttp
@@ -37,6 +38,10 @@ class AttemptObserver(Protocol):
     def attempted(self, model: str, instance: Instance, outcome: str | int) -> None: ...
 
     def failover(self, reason: str | int) -> None: ...
+
+
+def _no_trace(instance: Instance) -> dict[str, str]:
+    return {}
 
 
 class Attempt:
@@ -93,6 +98,7 @@ class Hop:
             self._base_headers[SECRET_HEADER] = worker_secret
         self._session: aiohttp.ClientSession | None = None
         self.observer: AttemptObserver | None = None
+        self.trace_headers: Callable[[Instance], dict[str, str]] = _no_trace  # set by the wrapper's Observer
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -112,8 +118,8 @@ class Hop:
         if self._session is not None:
             await self._session.close()
 
-    def _headers(self, request_id: str, content_type: str | None) -> dict[str, str]:
-        headers = {**self._base_headers, "X-Request-ID": request_id}
+    def _headers(self, request_id: str, content_type: str | None, instance: Instance) -> dict[str, str]:
+        headers = {**self._base_headers, "X-Request-ID": request_id, **self.trace_headers(instance)}
         if content_type is not None:  # a form's, with its boundary
             headers["Content-Type"] = content_type
         return headers
@@ -154,6 +160,7 @@ class Hop:
             except OpenAIError as exc:
                 attempt.close()
                 self.table.cool_down(inst)
+                inst.last_error = (time.time(), exc.code or exc.type)
                 log.warning("request %s: worker %s failed (%s)", request_id, inst.id, exc.code)
                 if observer is not None:
                     outcome = exc.code or "error"
@@ -167,6 +174,7 @@ class Hop:
                 raise
             if self._refused(attempt):
                 self.table.cool_down(inst)
+                inst.last_error = (time.time(), f"status {attempt.status}")
                 if observer is not None:
                     outcome = attempt.status
                     observer.attempted(model, inst, outcome)
@@ -217,7 +225,7 @@ class Hop:
             first_byte = self.timeouts.connect + self.timeouts.first_byte
             async with asyncio.timeout(self._remaining(attempt.deadline, first_byte)):
                 attempt.response = await self._session.post(attempt.instance.base_url + path, data=body,
-                                                             headers=self._headers(request_id, content_type))
+                                                             headers=self._headers(request_id, content_type, attempt.instance))
         except aiohttp.ConnectionTimeoutError:
             raise GatewayTimeout("Connecting to the worker timed out.", code="connect_timeout") from None
         except TimeoutError:

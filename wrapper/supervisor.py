@@ -19,10 +19,11 @@ from .app import Wrapper
 log = logging.getLogger(__name__)
 
 
-def serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, log_level: str | None = None) -> int:
+def serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, log_level: str | None = None,
+                  log_format: str = "text") -> int:
     """One wrapper process until SIGTERM/SIGINT; returns the exit status."""
     if log_level is not None:  # a spawned process configures its own logging
-        configure_logging(log_level)
+        configure_logging(log_level, log_format)
     try:
         app = Wrapper(settings).app()
     except ConfigError as exc:
@@ -32,7 +33,8 @@ def serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, lo
     return run(serve(config, sockets=sockets))
 
 
-def supervise(settings: Settings, host: str, port: int, processes: int, log_level: str) -> int:
+def supervise(settings: Settings, host: str, port: int, processes: int, log_level: str,
+              log_format: str = "text") -> int:
     """Serve from `processes` processes: this one and processes - 1 spawned children, which are stopped
     (SIGTERM, then waited for up to the drain time) when this one stops."""
     if processes == 1:
@@ -41,7 +43,7 @@ def supervise(settings: Settings, host: str, port: int, processes: int, log_leve
         metrics_dir = tempfile.mkdtemp(prefix="oaw-metrics-")
         use_multiprocess_dir(metrics_dir)
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=serve_wrapper, args=(settings, host, port, True, log_level), daemon=True)
+    children = [context.Process(target=serve_wrapper, args=(settings, host, port, True, log_level, log_format), daemon=True)
                 for _ in range(processes - 1)]
     for child in children:
         child.start()
