@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel
 
 from .errors import InvalidRequest, error_json
+from .media_checks import MEDIA_CHECKS
 from .settings import LimitSettings
 
 
@@ -23,13 +24,32 @@ class Capability(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    SPEECH = "speech"
+    TRANSCRIPTION = "transcription"
+    TRANSLATION = "translation"
+    IMAGE_GENERATION = "image_generation"
+    IMAGE_EDIT = "image_edit"
+    MODERATION = "moderation"
+    RERANK = "rerank"
+    SCORE = "score"
 
 
 PATHS = {Capability.CHAT: "/v1/chat/completions", Capability.COMPLETION: "/v1/completions",
-         Capability.EMBEDDING: "/v1/embeddings"}
+         Capability.EMBEDDING: "/v1/embeddings",
+         Capability.SPEECH: "/v1/audio/speech", Capability.TRANSCRIPTION: "/v1/audio/transcriptions",
+         Capability.TRANSLATION: "/v1/audio/translations", Capability.IMAGE_GENERATION: "/v1/images/generations",
+         Capability.IMAGE_EDIT: "/v1/images/edits", Capability.MODERATION: "/v1/moderations",
+         Capability.RERANK: "/v1/rerank", Capability.SCORE: "/v1/score"}
 
-# What each endpoint's body must carry besides `model`, for routing and validation.
-INPUT_FIELD = {Capability.CHAT: "messages", Capability.COMPLETION: "prompt", Capability.EMBEDDING: "input"}
+# What each endpoint's body must carry besides `model`, for routing and validation (for a multipart
+# endpoint: the file field).
+INPUT_FIELD = {Capability.CHAT: "messages", Capability.COMPLETION: "prompt", Capability.EMBEDDING: "input",
+               Capability.SPEECH: "input", Capability.TRANSCRIPTION: "file", Capability.TRANSLATION: "file",
+               Capability.IMAGE_GENERATION: "prompt", Capability.IMAGE_EDIT: "image",
+               Capability.MODERATION: "input", Capability.RERANK: "documents", Capability.SCORE: "text_2"}
+
+# The endpoints whose body is multipart/form-data (an upload) rather than JSON.
+MULTIPART = frozenset({Capability.TRANSCRIPTION, Capability.TRANSLATION, Capability.IMAGE_EDIT})
 
 
 def new_id(prefix: str) -> str:
@@ -351,6 +371,7 @@ _CHECKS: dict[Capability, dict[str, Check]] = {
         "encoding_format": (lambda v: v in ("float", "base64"), "'encoding_format' must be 'float' or 'base64'."),
         "dimensions": _int_field("dimensions", 1),
     },
+    **{Capability(name): checks for name, checks in MEDIA_CHECKS.items()},  # common.media_checks
 }
 
 

@@ -70,6 +70,13 @@ class Worker:
         body = wire.parse_body(raw, limits)
         model = wire.require_routing_fields(body, capability)
         wire.check_fields(body, capability, limits)
+        self._check_model(model, capability)
+        log.debug("request %s: %s %s%s", request_id(request), capability, model,
+                 " stream" if wire.is_stream(body) else "")
+        return body, model, raw
+
+    def _check_model(self, model: str, capability: Capability) -> None:
+        """The model is served here, with this capability; counts the call as served."""
         if model not in self.models:
             raise NotFound(f"The model '{model}' does not exist on this worker.", param="model",
                            code="model_not_found")
@@ -77,9 +84,6 @@ class Worker:
             raise InvalidRequest(f"The model '{model}' does not support {capability} requests.",
                                  param="model", code="unsupported_capability")
         self.served += 1
-        log.debug("request %s: %s %s%s", request_id(request), capability, model,
-                 " stream" if wire.is_stream(body) else "")
-        return body, model, raw
 
     # ---- endpoints ---------------------------------------------------------------------------
 
@@ -176,9 +180,11 @@ class Worker:
         return json_response({"status": "ok", "models": list(self.generator.models), "served": self.served})
 
     def app(self) -> ASGIApp:
+        from .media import MediaEndpoints  # it builds on this module
+
         api, asgi = openai_app("openai-api-wrapper worker", lifespan=self._lifespan, posts={
             wire.PATHS[Capability.CHAT]: self.chat, wire.PATHS[Capability.COMPLETION]: self.completion,
-            wire.PATHS[Capability.EMBEDDING]: self.embeddings})
+            wire.PATHS[Capability.EMBEDDING]: self.embeddings, **MediaEndpoints(self).routes()})
         api.add_api_route("/v1/models", self.models_list, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WorkerHealth)
         return asgi
