@@ -44,7 +44,7 @@ def decode_to_16k(audio: bytes) -> tuple[object, float]:
         with wave.open(io.BytesIO(audio)) as w:
             rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
             raw = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
+    except (wave.Error, EOFError, ValueError, RuntimeError) as exc:  # what `wave` raises for a garbled file
         raise InvalidRequest(f"The uploaded WAV file cannot be decoded: {exc}.", param="file",
                              code="invalid_audio") from None
     kinds = {1: (np.uint8, 128.0, 128.0), 2: (np.int16, 0.0, 32768.0), 4: (np.int32, 0.0, 2.0**31)}
