@@ -33,7 +33,13 @@ REQUEST_SCHEMA = {Capability.CHAT: "CreateChatCompletionRequest", Capability.COM
 LIMITS = LimitSettings()
 MESSAGES = [{"role": "user", "content": "hi"}]
 BASE = {Capability.CHAT: {"model": "m", "messages": MESSAGES}, Capability.COMPLETION: {"model": "m", "prompt": "hi"},
-        Capability.EMBEDDING: {"model": "m", "input": "hi"}}
+        Capability.EMBEDDING: {"model": "m", "input": "hi"},
+        # the media endpoints (#11); the multipart ones as their form fields, the file marked present
+        Capability.SPEECH: {"model": "m", "input": "hi"}, Capability.TRANSCRIPTION: {"model": "m", "file": True},
+        Capability.TRANSLATION: {"model": "m", "file": True}, Capability.IMAGE_GENERATION: {"model": "m", "prompt": "a"},
+        Capability.IMAGE_EDIT: {"model": "m", "image": True}, Capability.MODERATION: {"model": "m", "input": "hi"},
+        Capability.RERANK: {"model": "m", "query": "q", "documents": ["d"]},
+        Capability.SCORE: {"model": "m", "text_1": "a", "text_2": "b"}}
 
 
 def refused(call, *args) -> InvalidRequest:
