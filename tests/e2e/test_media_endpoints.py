@@ -147,6 +147,14 @@ def test_a_bad_transcription_request_names_the_field(worker, fields, files, para
     assert r.json()["error"]["param"] == param
 
 
+def test_too_many_parts_is_a_400(worker):
+    fields = {"model": MODEL, **{f"extra{i}": "x" for i in range(70)}}  # limits.max_upload_parts: 64
+    r = httpx.post(worker.base_url + "/audio/transcriptions", data=fields, files={"file": ("a.wav", b"RIFF")},
+                   timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_multipart"
+
+
 def test_a_transcription_body_that_is_not_multipart_is_a_400(worker):
     r = httpx.post(worker.base_url + "/audio/transcriptions", json={"model": MODEL}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_content_type"

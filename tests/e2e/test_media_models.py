@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.support import tiny_whisper_model
+from tests.support.procs import wait_until
 from tests.support.servers import Server, start_model_worker, unique_model
 
 TTS = unique_model("espeak")
@@ -34,7 +35,6 @@ def workers(module_procs, consul, tmp_path_factory):
                                      "--models", MINILM, wait=False),
     }
     for server in started.values():
-        from tests.support.procs import wait_until
         wait_until(lambda s=server: f"-127.0.0.1-{s.port}" in " ".join(consul.services()), 180,
                    f"worker on {server.port} to register\n{server.proc.output()}")
     return started
@@ -54,6 +54,10 @@ def test_espeak_speech_decodes_and_grows_with_the_input(workers):
     short = speak(workers, "Hello.")
     long = speak(workers, "Hello. This sentence is a good deal longer than the first one.")
     assert 0 < seconds(short) < seconds(long)
+
+
+def test_espeak_speaks_a_text_that_looks_like_an_option(workers):
+    assert seconds(speak(workers, "--version")) > 0.1  # as an argument, espeak-ng would print its version
 
 
 def test_espeak_speed_shortens_the_speech(workers):
