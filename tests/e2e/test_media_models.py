@@ -3,6 +3,7 @@ worker: espeak-ng speech, a Whisper pipeline (a tiny random-weight model built l
 from __future__ import annotations
 
 import io
+import signal
 import wave
 
 import httpx
@@ -24,20 +25,23 @@ def client_of(worker: Server) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def workers(module_procs, consul, tmp_path_factory):
-    """All three started at once (wait=False) so their start-ups overlap, then waited for."""
-    whisper_path = tiny_whisper_model.build(tmp_path_factory.mktemp("tiny-whisper"))
+    """All three started without waiting (the Whisper model is built while the others load), then waited
+    for; at the end all three are told to stop at once, so their shutdowns overlap too."""
     started = {
         "tts": start_model_worker(module_procs, consul, "generators.espeak_tts.EspeakTTSGen", "--models", TTS,
                                   wait=False),
-        "whisper": start_model_worker(module_procs, consul, "generators.whisper.WhisperGen", "--models", WHISPER,
-                                      "--model-path", str(whisper_path), "--max-new-tokens", "8", wait=False),
         "minilm": start_model_worker(module_procs, consul, "generators.sentence_transformers.SentenceTransformerGen",
                                      "--models", MINILM, wait=False),
     }
+    whisper_path = tiny_whisper_model.build(tmp_path_factory.mktemp("tiny-whisper"))
+    started["whisper"] = start_model_worker(module_procs, consul, "generators.whisper.WhisperGen", "--models", WHISPER,
+                                            "--model-path", str(whisper_path), "--max-new-tokens", "8", wait=False)
     for server in started.values():
         wait_until(lambda s=server: f"-127.0.0.1-{s.port}" in " ".join(consul.services()), 180,
                    f"worker on {server.port} to register\n{server.proc.output()}")
-    return started
+    yield started
+    for server in started.values():
+        server.proc.signal(signal.SIGTERM)  # module_procs then waits for each
 
 
 def seconds(data: bytes) -> float:
