@@ -237,6 +237,8 @@ def test_score_pairs_one_text_with_each(client):
     ("/rerank", {"model": MODEL, "query": "a", "documents": "a"}, "documents"),
     ("/rerank", {"query": "a", "documents": ["a"]}, "model"),
     ("/score", {"model": MODEL, "text_1": ["a", "b"], "text_2": ["a", "b", "c"]}, "text_1"),
+    ("/rerank", {"model": MODEL, "query": "a", "documents": ["a"] * 2049}, "documents"),  # limits.max_embedding_inputs
+    ("/score", {"model": MODEL, "text_1": "a", "text_2": ["a"] * 2049}, "text_2"),
 ])
 def test_a_bad_rerank_or_score_request_names_the_field(worker, path, body, param):
     r = httpx.post(worker.base_url + path, json=body, timeout=30)
