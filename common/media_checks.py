@@ -133,9 +133,9 @@ FORM_CHECKS: dict[str, dict[str, Check]] = {
 FORM_CHECKS[TRANSLATION] = FORM_CHECKS[TRANSCRIPTION]
 
 
-def form_fields(capability: str, fields: Mapping[str, str]) -> dict[str, Any]:
+def form_fields(capability: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """A form's text fields with `stream`, `temperature` and `n` as the types OpenAI gives them; 400 with
-    `param` for a value of the wrong type or out of range. Array fields (`name[]`) keep their name."""
+    `param` for a value of the wrong type or out of range. Array fields (`name[]`, lists) keep their name."""
     out: dict[str, Any] = dict(fields)
     for name, convert in _CONVERT.items():
         if name in out:

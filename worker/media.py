@@ -8,11 +8,9 @@ from typing import Any, TypeVar
 
 from python_multipart.exceptions import FormParserError
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message
 
 from common import media_checks, media_wire, wire
 from common.errors import InvalidRequest
@@ -190,32 +188,29 @@ class MediaEndpoints:
 
 
 async def _parse_form(request: Request, raw: bytes, max_parts: int, max_field_bytes: int) -> Upload:
-    """The form in `raw`, parsed by Starlette's `request.form()` (python-multipart) from the bytes already
-    read; a malformed body or one with too many parts is a 400."""
-    delivered = False
+    """The form in `raw`, parsed by Starlette's multipart parser (python-multipart; what `request.form()`
+    runs) from the bytes already read, its files kept in memory (the body is there already: no temporary
+    files); a malformed body or one with too many parts is a 400. Repeated `name[]` fields become lists."""
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield raw
 
-    async def replay() -> Message:
-        nonlocal delivered
-        if delivered:
-            return {"type": "http.disconnect"}
-        delivered = True
-        return {"type": "http.request", "body": raw, "more_body": False}
-
+    parser = MultiPartParser(request.headers, body(), max_files=max_parts, max_fields=max_parts,
+                             max_part_size=max_field_bytes)
+    parser.spool_max_size = len(raw) + 1
     try:
-        form = await Request(request.scope, replay).form(max_files=max_parts, max_fields=max_parts,
-                                                         max_part_size=max_field_bytes)
+        form = await parser.parse()
     except MultiPartException as exc:
         raise InvalidRequest(f"The multipart body cannot be parsed: {exc.message}", code="invalid_multipart") from None
     except FormParserError as exc:  # python-multipart's own: a malformed body
         raise InvalidRequest(f"The multipart body cannot be parsed: {exc}", code="invalid_multipart") from None
-    except HTTPException as exc:  # what Starlette makes of a MultiPartException inside an app
-        raise InvalidRequest(f"The multipart body cannot be parsed: {exc.detail}", code="invalid_multipart") from None
     try:
         fields: dict[str, Any] = {}
         files: list[tuple[str, str, bytes]] = []
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 files.append((name, value.filename or "", await value.read()))
+            elif name.endswith("[]"):
+                fields.setdefault(name, []).append(value)
             else:
                 fields[name] = value
         return Upload(fields, files)

@@ -184,3 +184,26 @@ def test_plain_media_methods_are_called_and_checked():
     assert asyncio.run(run()) == ([b"a", b"b"], [1.0])
     with pytest.raises(RuntimeError, match="1 scores for 2 documents"):
         asyncio.run(gen.relevance({"query": "q", "documents": ["d", "e"]}))
+
+
+def test_a_form_is_parsed_in_memory_with_array_fields_as_lists(monkeypatch):
+    import tempfile
+
+    from starlette.requests import Request
+
+    from worker.media import _parse_form
+
+    boundary = "b0und"
+    parts = [('name="model"', "m"), ('name="timestamp_granularities[]"', "word"),
+             ('name="timestamp_granularities[]"', "segment"), ('name="file"; filename="a.wav"', "x" * 3_000_000)]
+    raw = "".join(f"--{boundary}\r\nContent-Disposition: form-data; {d}\r\n\r\n{v}\r\n" for d, v in parts)
+    raw_bytes = (raw + f"--{boundary}--\r\n").encode()
+    scope = {"type": "http", "method": "POST", "path": "/", "query_string": b"",
+             "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]}
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload went to a temporary file on disk")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_disk)  # a SpooledTemporaryFile's roll-over to disk
+    upload = asyncio.run(_parse_form(Request(scope), raw_bytes, 10, 1024 * 1024))
+    assert upload.fields == {"model": "m", "timestamp_granularities[]": ["word", "segment"]}
+    assert upload.files == [("file", "a.wav", b"x" * 3_000_000)]
