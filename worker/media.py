@@ -76,8 +76,11 @@ class MediaEndpoints:
         plain HTTP error. The concurrency slot is held until the stream ends."""
         body, _ = await self._json(request, Capability.SPEECH)
         release = await self.worker.limit.hold()
-        try:
-            chunks = await _started(_then(self.generator.speech_chunks(body), release))
+        try:  # a client that hangs up before the first chunk stops the Generator at once
+            chunks = await unless_disconnected(request, _started(_then(self.generator.speech_chunks(body), release)))
+        except ClientGone:
+            release()
+            return Response(status_code=CLIENT_CLOSED)
         except BaseException:
             release()
             raise

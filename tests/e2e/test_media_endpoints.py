@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.procs import wait_until
 from tests.support.servers import start_worker, unique_model
 
 MODEL = unique_model("echo-media")
@@ -250,3 +251,27 @@ def test_a_bad_rerank_or_score_request_names_the_field(worker, path, body, param
 
 def test_echo_embeddings_honour_dimensions(client):
     assert len(client.embeddings.create(model=MODEL, input="hi", dimensions=8).data[0].embedding) == 8
+
+
+# ---- a speech stream the client leaves ------------------------------------------------------------------
+
+def test_a_speech_stream_the_client_leaves_frees_its_slot(procs, consul, tmp_path):
+    """With one slot and no queue, a second request is served only if the abandoned stream gave its slot
+    back (else: 429 worker_busy)."""
+    config = tmp_path / "env.yaml"
+    config.write_text("worker:\n  max_queue: 0\n")
+    model = unique_model("echo-slow-speech")
+    slow = start_worker(procs, consul, "generators.echo.EchoGen", "--models", model, "--max-concurrency", "1",
+                        "--config", str(config), "--delay", "0.5")
+    body = {"model": model, "voice": "alloy", "input": "x" * 200, "response_format": "pcm"}  # 50 chunks, 25 s
+    with httpx.stream("POST", slow.base_url + "/audio/speech", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        next(response.iter_bytes())
+        busy = httpx.post(slow.base_url + "/audio/speech", json=body, timeout=30)
+        assert busy.status_code == 429  # the stream holds the only slot while it runs
+    short = {**body, "input": "x"}
+
+    def served() -> bool:
+        return httpx.post(slow.base_url + "/audio/speech", json=short, timeout=30).status_code == 200
+
+    wait_until(served, 15, "the abandoned stream's slot to be freed")
