@@ -266,7 +266,8 @@ def test_a_speech_stream_the_client_leaves_frees_its_slot(procs, consul, tmp_pat
     body = {"model": model, "voice": "alloy", "input": "x" * 200, "response_format": "pcm"}  # 50 chunks, 25 s
     with httpx.stream("POST", slow.base_url + "/audio/speech", json=body, timeout=30) as response:
         assert response.status_code == 200
-        next(response.iter_bytes())
+        chunks = response.iter_bytes()  # kept: a dropped iterator closes the response
+        next(chunks)
         busy = httpx.post(slow.base_url + "/audio/speech", json=body, timeout=30)
         assert busy.status_code == 429  # the stream holds the only slot while it runs
     short = {**body, "input": "x"}
