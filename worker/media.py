@@ -185,6 +185,10 @@ class MediaEndpoints:
         fields = media_checks.form_fields(capability, upload.fields)
         present = {name.removesuffix("[]"): True for name, _, _ in upload.files}
         model = wire.require_routing_fields({**fields, **present}, capability)
+        file_field = wire.INPUT_FIELD[capability]
+        if file_field not in present:  # checked here too: the wrapper's routing does not need the file
+            raise InvalidRequest(f"Missing required parameter: '{file_field}'.", param=file_field,
+                                 code="missing_required_parameter")
         worker._check_model(model, capability)
         upload.fields = fields
         return upload
