@@ -3,6 +3,7 @@
     settings  env.yaml + environment -> Settings (every section's type)
     errors    OpenAI's error types and `to_openai_error`, the one normaliser
     wire      OpenAI's wire shapes: request checks, response builders, SSE framing (the only module that knows them)
+    media_wire, media_checks   the same for the media endpoints (audio, images, moderations, rerank, score)
     http      FastAPI/Starlette glue: the app with its direct hot routes, error responses, bounded bodies,
               the disconnect watch, `SSEResponse` (the one SSE writer)
     server    uvicorn on uvloop: start-up and shutdown order, a port shared by several processes

@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel
 
 from .errors import InvalidRequest, error_json
+from .media_checks import MEDIA_CHECKS
 from .settings import LimitSettings
 
 
@@ -457,6 +458,7 @@ _CHECKS: dict[Capability, dict[str, Check]] = {
         "text_1": (_texts_ok, "'text_1' must be a string or a non-empty array of strings."),
         "text_2": (_texts_ok, "'text_2' must be a string or a non-empty array of strings."),
     },
+    **{Capability(name): checks for name, checks in MEDIA_CHECKS.items()},  # common.media_checks
 }
 
 

@@ -6,12 +6,32 @@ A subclass lists its `models` and implements any of:
     completion(request) -> str | Output           completion_stream(request) -> iterator of str | Delta
     embed(request) -> list of vectors | Embeddings
 
+and the media methods (docs/generators.md has an example of each):
+
+    speech(request) -> bytes | iterator of bytes          /v1/audio/speech: audio in
+                                                          request.get("response_format", "mp3"), streamed
+                                                          through as produced
+    transcribe(request, audio) -> str | dict              /v1/audio/transcriptions and /translations
+    image(request, images) -> list of PNG bytes           /v1/images/generations (images == []) and /edits
+    moderate(request) -> list of dict                     /v1/moderations: per input {"flagged",
+                                                          "categories", "category_scores"}
+    rerank(request) -> list of float                      /v1/rerank and /v1/score: a score per document
+
 `request` is the client's JSON body as a dict, every field untouched. Each method may be plain or
 `async`; a stream may be a plain or an async iterator. Plain code runs in a worker thread, so it may
-block. Implement either form of a capability and the worker derives the other.
+block. Implement either form of a capability and the worker derives the other. Bad input is refused by
+raising `common.errors.InvalidRequest(message, param=..., code=...)`.
 
-The worker calls only `supports`, `answer`, `stream`, `embeddings`, `count_tokens`, `startup` and
-`shutdown`; a `ProxyGenerator` (one that relays an upstream's bytes) is called through `forward` instead.
+For the multipart endpoints `request` is the form's text fields (`stream`, `temperature` and `n`
+converted to their types) plus `"filename"` (the upload's); `transcribe` also gets `"task"`:
+"transcribe" or "translate", from the endpoint, and returns the text or a dict with "text" and
+optionally "language", "duration" and "segments" (each {"start", "end", "text"}), which the worker
+shapes as json, text, srt, vtt or verbose_json. `rerank` gets `query` and `documents` (as strings);
+the worker sorts and cuts (`top_n`) for /v1/rerank and pairs texts for /v1/score.
+
+The worker calls only `supports`, `answer`, `stream`, `embeddings`, `count_tokens`, `startup`,
+`shutdown` and, for the media endpoints, `speech_chunks`, `transcription`, `images`, `moderations` and
+`relevance`; a `ProxyGenerator` (one that relays an upstream's bytes) is called through `forward` instead.
 """
 from __future__ import annotations
 
@@ -31,6 +51,14 @@ _METHODS: dict[Capability, tuple[str, str | None]] = {
     Capability.CHAT: ("chat", "chat_stream"),
     Capability.COMPLETION: ("completion", "completion_stream"),
     Capability.EMBEDDING: ("embed", None),
+    Capability.SPEECH: ("speech", None),
+    Capability.TRANSCRIPTION: ("transcribe", None),
+    Capability.TRANSLATION: ("transcribe", None),
+    Capability.IMAGE_GENERATION: ("image", None),
+    Capability.IMAGE_EDIT: ("image", None),
+    Capability.MODERATION: ("moderate", None),
+    Capability.RERANK: ("rerank", None),
+    Capability.SCORE: ("rerank", None),
 }
 
 # Capabilities the worker serves by translation into another one (worker/responses.py)
@@ -167,6 +195,50 @@ class Generator:
             return result
         return Embeddings(vectors=list(result))
 
+    # ---- the media methods, as the worker calls them -------------------------------------------
+
+    def _media(self, name: str) -> Callable[..., Any]:
+        method = self._method(name)
+        if method is None:
+            raise NotImplementedError(f"{type(self).__name__} does not implement {name}")
+        return method
+
+    async def speech_chunks(self, request: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        """The audio of `speech`, whole or streamed, as chunks. Closing this iterator stops the Generator."""
+        speech = self._media("speech")
+        source = speech(request) if inspect.isasyncgenfunction(speech) else await _call(speech, request)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            yield bytes(source)
+        elif hasattr(source, "__aiter__"):
+            agen = source.__aiter__()
+            try:
+                async for chunk in agen:
+                    yield bytes(chunk)
+            finally:
+                if hasattr(agen, "aclose"):
+                    await agen.aclose()
+        else:
+            async for chunk in _iterate_in_thread(iter(source)):
+                yield bytes(chunk)
+
+    async def transcription(self, request: dict[str, Any], audio: bytes) -> str | dict[str, Any]:
+        return await _call(self._media("transcribe"), request, audio)
+
+    async def images(self, request: dict[str, Any], images: list[bytes]) -> list[bytes]:
+        pngs = await _call(self._media("image"), request, images)
+        return [bytes(png) for png in pngs]
+
+    async def moderations(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(await _call(self._media("moderate"), request))
+
+    async def relevance(self, request: dict[str, Any]) -> list[float]:
+        """`rerank`'s scores; one per document, checked."""
+        scores = [float(s) for s in await _call(self._media("rerank"), request)]
+        if len(scores) != len(request["documents"]):
+            raise RuntimeError(f"{type(self).__name__}.rerank returned {len(scores)} scores "
+                               f"for {len(request['documents'])} documents")
+        return scores
+
 
 @dataclass
 class Forwarded:
@@ -207,10 +279,10 @@ async def _deltas(streaming: Callable[..., Any], request: dict[str, Any]) -> Asy
             yield _as_delta(piece)
 
 
-async def _call(fn: Callable[..., Any], request: dict[str, Any]) -> Any:
+async def _call(fn: Callable[..., Any], request: dict[str, Any], *more: Any) -> Any:
     if inspect.iscoroutinefunction(fn):
-        return await fn(request)
-    return await anyio.to_thread.run_sync(fn, request)
+        return await fn(request, *more)
+    return await anyio.to_thread.run_sync(fn, request, *more)
 
 
 _END = object()

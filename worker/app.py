@@ -230,12 +230,15 @@ class Worker:
         return json_response({"status": "ok", "models": list(self.generator.models), "served": self.served})
 
     def app(self) -> ASGIApp:
+        from .media import MediaEndpoints  # it builds on this module
+
         api, asgi = openai_app("openai-api-wrapper worker", lifespan=self._lifespan, posts={
             wire.PATHS[Capability.CHAT]: traced(self.chat, Capability.CHAT, self.exporter),
             wire.PATHS[Capability.COMPLETION]: traced(self.completion, Capability.COMPLETION, self.exporter),
             wire.PATHS[Capability.EMBEDDING]: traced(self.embeddings, Capability.EMBEDDING, self.exporter),
             wire.PATHS[Capability.RESPONSES]: self.responses,
             wire.PATHS[Capability.RESPONSES_INPUT_TOKENS]: self.responses_input_tokens,
+            **MediaEndpoints(self).routes(),
             **relay_endpoints(self)})  # a proxy relays every capability, /v1/responses included
         api.add_api_route("/v1/models", self.models_list, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WorkerHealth)
