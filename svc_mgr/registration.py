@@ -11,7 +11,7 @@ import aiohttp
 from common.settings import ConsulSettings, WorkerSettings
 
 from .consul_client import AsyncConsul, ConsulException, connect
-from .entry import model_tags, service_id
+from .entry import WEIGHT_META, model_tags, service_id
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class ConsulUnreachable(Exception):
 
 class Registration:
     def __init__(self, consul_settings: ConsulSettings, worker: WorkerSettings, *, name: str, host: str,
-                 port: int, models: Sequence[str], health_url: str) -> None:
+                 port: int, models: Sequence[str], health_url: str, weight: int = 1) -> None:
         self.consul_settings = consul_settings
         self.worker = worker
         self.name = name
@@ -30,6 +30,7 @@ class Registration:
         self.host = host
         self.port = port
         self.models = list(models)
+        self.weight = weight
         # Consul's check names the instance it expects: a worker that took over the port of a stale
         # registration answers 503 to it, so the stale entry goes critical instead of passing for that worker
         self.check_url = f"{health_url}?{urlencode({'id': self.id})}"
@@ -53,7 +54,13 @@ class Registration:
         }
         await self.consul.agent.service.register(
             self.name, service_id=self.id, address=self.host, port=self.port,
-            tags=model_tags(self.models), meta={"models": ",".join(self.models)[:512]}, check=check)
+            tags=model_tags(self.models), meta=self._meta(), check=check)
+
+    def _meta(self) -> dict[str, str]:
+        meta = {"models": ",".join(self.models)[:512]}
+        if self.weight != 1:
+            meta[WEIGHT_META] = str(self.weight)
+        return meta
 
     async def register(self) -> None:
         """Register, retrying a few times; ConsulUnreachable names the address if it never works."""

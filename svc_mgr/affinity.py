@@ -1,0 +1,120 @@
+"""The `affinity` balancer: consistent hashing with bounded loads, plus a bounded memory of where each
+key went (docs/routing.md).
+
+A key seen for the first time is placed by a hash ring with virtual nodes (`vnodes` per unit of weight),
+so every wrapper replica with the same instances places it the same way, and an instance joining or
+leaving moves only its own share of keys. After that the key's last instance is remembered (an LRU of
+`max_keys` entries), because that is where the engine's prefix cache now is. Bounded load: an instance
+whose in-flight count would exceed ceil((1 + epsilon) x its weighted share of the model's in-flight
+requests) is passed over for the next one on the ring, and the key is remembered at its new place.
+
+Cost per pick: a remembered key on an idle instance is two dict reads; a busy instance adds one sum over
+the model's instances (C-speed, to know the mean); a new key adds a bisect of the ring (O(log n)).
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+
+from .entry import Instance
+
+
+def _point(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class Ring:
+    """One model's instances as points on a ring; built once per change of the model's instances."""
+
+    def __init__(self, candidates: Sequence[Instance], vnodes: int) -> None:
+        self.source = candidates  # the table's list this ring was built from (identity marks staleness)
+        points = sorted((_point(f"{inst.id}#{v}".encode()), i)
+                        for i, inst in enumerate(candidates) for v in range(vnodes * inst.weight))
+        self.hashes = [h for h, _ in points]
+        self.owners = [candidates[i] for _, i in points]
+        self.by_id = {inst.id: inst for inst in candidates}
+        self.total_weight = sum(inst.weight for inst in candidates)
+
+    def walk(self, key: bytes) -> Iterator[Instance]:
+        """The distinct instances in ring order from the key's point: its home first, then the next."""
+        start = bisect.bisect(self.hashes, _point(key))
+        seen: set[str] = set()
+        size = len(self.owners)
+        for step in range(size):
+            inst = self.owners[(start + step) % size]
+            if inst.id not in seen:
+                seen.add(inst.id)
+                yield inst
+                if len(seen) == len(self.by_id):
+                    return
+
+
+class Affinity:
+    def __init__(self, epsilon: float = 0.25, max_keys: int = 100_000, vnodes: int = 40) -> None:
+        self.epsilon = epsilon
+        self.max_keys = max_keys
+        self.vnodes = vnodes
+        self._homes: OrderedDict[tuple[str, bytes], str] = OrderedDict()  # (model, key) -> instance id
+        self._rings: dict[str, Ring] = {}
+
+    def __len__(self) -> int:
+        return len(self._homes)
+
+    def ring(self, model: str, candidates: Sequence[Instance]) -> Ring:
+        ring = self._rings.get(model)
+        if ring is None or ring.source is not candidates:
+            ring = self._rings[model] = Ring(candidates, self.vnodes)
+        return ring
+
+    def home(self, model: str, key: bytes) -> str | None:
+        """The instance id `key` last went to, if it is remembered."""
+        return self._homes.get((model, key))
+
+    def pick(self, model: str, candidates: Sequence[Instance], key: bytes, usable: Sequence[Instance] | None,
+             now: float) -> Instance | None:
+        """The instance for `key`: its remembered one, else the first on the ring from the key's point,
+        passing over instances above the load bound, cooling down or not in `usable` (None: all are)."""
+        ring = self.ring(model, candidates)
+        slot = (model, key)
+        homes = self._homes
+        remembered = ring.by_id.get(homes.get(slot, ""))
+        bound = _Bound(self.epsilon, candidates, ring.total_weight)
+        if remembered is not None and self._fits(remembered, usable, now, bound):
+            homes.move_to_end(slot)
+            return remembered
+        choice = next((i for i in ring.walk(key) if self._fits(i, usable, now, bound)), None)
+        if choice is None:  # everything is busy or cooling: the least loaded usable one, as other balancers
+            pool = [c for c in candidates if usable is None or c in usable]
+            if not pool:
+                return None
+            warm = [c for c in pool if c.cooled_until <= now] or pool
+            choice = min(warm, key=lambda c: c.in_flight / c.weight)
+        homes[slot] = choice.id
+        homes.move_to_end(slot)
+        if len(homes) > self.max_keys:
+            homes.popitem(last=False)
+        return choice
+
+    @staticmethod
+    def _fits(inst: Instance, usable: Sequence[Instance] | None, now: float, bound: _Bound) -> bool:
+        return (inst.cooled_until <= now and (usable is None or inst in usable)
+                and (inst.in_flight == 0 or bound.allows(inst)))
+
+
+class _Bound:
+    """The load bound, with the model's in-flight total summed only if an instance is busy at all."""
+
+    def __init__(self, epsilon: float, candidates: Sequence[Instance], total_weight: int) -> None:
+        self.epsilon = epsilon
+        self.candidates = candidates
+        self.total_weight = total_weight
+        self._total: int | None = None
+
+    def allows(self, inst: Instance) -> bool:
+        if self._total is None:
+            self._total = sum(c.in_flight for c in self.candidates)
+        share = (self._total + 1) * inst.weight / self.total_weight
+        return inst.in_flight + 1 <= math.ceil((1 + self.epsilon) * share)
