@@ -23,11 +23,17 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--svc-name", default=None, help="Consul service name (default: the generator's)")
     parser.add_argument("--max-concurrency", type=int, default=None, metavar="N",
                         help="requests served at once; more wait in a bounded queue, then get 429")
-    parser.add_argument("--weight", type=int, default=1, choices=range(1, MAX_WEIGHT + 1), metavar="N",
+    parser.add_argument("--weight", type=_weight, default=1, metavar="N",
                         help=f"this instance's share of its models' traffic relative to the others' (1 to {MAX_WEIGHT}, "
                         "default 1): 3 gets three times the requests of 1")
     parser.add_argument("--advertise", default=None, metavar="ADDR",
                         help="address registered in Consul (default: HOST; 127.0.0.1 when HOST is 0.0.0.0 or ::)")
+
+
+def _weight(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_WEIGHT}")
+    return int(text)
 
 
 def import_generator(dotted: str) -> type[Generator]:
