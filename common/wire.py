@@ -389,21 +389,25 @@ AFFINITY_ID_FIELDS = ("prompt_cache_key", "user", "safety_identifier")  # in thi
 def affinity_source(body: dict[str, Any], prompt_chars: int) -> bytes | None:
     """What identifies a conversation in a request: an explicit id field, else the chat's opening (the
     messages up to and including the first user message: the same in every later turn), else a completion
-    prompt's first `prompt_chars` characters; None for requests with neither (embeddings)."""
+    prompt's first `prompt_chars` characters; None for requests with neither (embeddings). Two requests
+    whose sources are equal share a home instance: nothing more, so the forms need not be told apart."""
     for field in AFFINITY_ID_FIELDS:
         value = body.get(field)
         if isinstance(value, str) and value:
             return f"{field}\0{value}".encode()
     messages = body.get("messages")
     if isinstance(messages, list) and messages:
-        end = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
-                   len(messages) - 1)
-        return b"messages\0" + orjson.dumps(messages[:end + 1])
+        end = 1
+        for m in messages:
+            if isinstance(m, dict) and m.get("role") == "user":
+                break
+            end += 1
+        return orjson.dumps(messages[:end])
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt:
         prompt = prompt[0]
     if isinstance(prompt, str) and prompt:
-        return b"prompt\0" + prompt[:prompt_chars].encode()
+        return prompt[:prompt_chars].encode()
     return None
 
 

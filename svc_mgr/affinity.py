@@ -81,6 +81,9 @@ class Affinity:
         slot = (model, key)
         homes = self._homes
         remembered = ring.by_id.get(homes.get(slot, ""))
+        if remembered is not None and remembered.in_flight == 0 and remembered.cooled_until <= now and usable is None:
+            homes.move_to_end(slot)  # the usual case, decided without the load bound's sum
+            return remembered
         bound = _Bound(self.epsilon, candidates, ring.total_weight)
         if remembered is not None and self._fits(remembered, usable, now, bound):
             homes.move_to_end(slot)

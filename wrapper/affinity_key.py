@@ -1,8 +1,9 @@
 """The affinity balancer's key for one request (docs/routing.md: the key order)."""
 from __future__ import annotations
 
-import hashlib
 from typing import Any
+
+import xxhash
 
 from common import wire
 
@@ -15,4 +16,4 @@ def affinity_key(session_id: str | None, body: dict[str, Any], prompt_chars: int
     source = b"session\0" + session_id.encode() if session_id else wire.affinity_source(body, prompt_chars)
     if source is None:
         return None
-    return hashlib.blake2b(source, digest_size=16).digest()
+    return xxhash.xxh3_128_digest(source)  # the same in every replica (not Python's salted hash())
