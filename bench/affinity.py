@@ -199,8 +199,6 @@ def markdown(section: dict) -> str:
 def run_section(stack: Stack, args: argparse.Namespace) -> dict:
     workers, wrappers = start(stack, args)
     rows = run_workloads(workers, wrappers, args)
-    for name in [f"wrapper-{b}" for b in BALANCERS]:
-        stack.stop(name)
     setup = (f"{args.workers} EchoGen workers with --prefix-cache {args.cache} --prefill-ms-per-kchar {args.prefill_ms}; "
              f"{args.conversations} conversations x {args.turns} turns at concurrency {args.concurrency}; system prompt "
              f"{args.system_chars} chars, {args.turn_chars} chars per user turn (and as much again in each answer).")

@@ -5,6 +5,7 @@ Only names that have an alias or fallbacks get a plan; every other request takes
 pays for none of this."""
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,7 @@ class ModelPlan:
         if models is None:
             return [Target(name, name)]
         # a group: its models in an order that is stable for a conversation (affinity) and spread over them
-        start = key[0] % len(models) if key else 0
+        start = key[0] % len(models) if key else random.randrange(len(models))
         return [Target(m, name) for m in models[start:] + models[:start]]
 
     def chain(self, name: str, key: bytes | None, allows: Callable[[str], bool]) -> list[Target]:

@@ -155,8 +155,10 @@ def test_rename_model_touches_the_model_field_only():
 
 def test_the_plan_chain_keeps_to_what_a_key_may_use():
     plan = ModelPlan(WrapperSettings(aliases={"pub": ["a", "b"]}, fallbacks={"pub": ["c", "d"], "a": ["e"]}))
-    chain = plan.chain("pub", None, allows=lambda m: m != "d")
+    chain = plan.chain("pub", bytes([2]), allows=lambda m: m != "d")  # a key rotates the group by its first byte
     assert chain == [Target("a", "pub"), Target("b", "pub"), Target("c", "c"), Target("e", "e")]
+    assert plan.chain("pub", bytes([1]), allows=lambda m: True)[:2] == [Target("b", "pub"), Target("a", "pub")]
+    assert {plan.chain("pub", None, allows=lambda m: True)[0].model for _ in range(50)} == {"a", "b"}
     assert "pub" in plan and "a" in plan and "zzz" not in plan
     assert plan.answer_name(Target("a", "pub")) == "pub" and plan.answer_name(Target("c", "c")) is None
 
