@@ -173,3 +173,16 @@ def test_the_prefix_cache_counts_blocks_of_served_sequences():
     cache.store("y" * BLOCK_CHARS)  # evicts the first sequence
     assert cache.lookup(turn1) == 0
     assert cache.stats()["prefix_cache"]["hits"] == 1
+
+
+def test_routing_config_mistakes_name_the_key_and_the_file(tmp_path):
+    from common.settings import ConfigError, load_settings
+
+    for text, key in (("wrapper:\n  aliases: {pub: []}\n", "wrapper.aliases.pub"),
+                      ("wrapper:\n  balancer: afinity\n", "wrapper.balancer"),
+                      ("wrapper:\n  affinity: {epsilon: -1}\n", "wrapper.affinity.epsilon"),
+                      ("wrapper:\n  fallbacks: {m: [1]}\n", "wrapper.fallbacks.m.0")):
+        path = tmp_path / "env.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"{path}.*{key}"):
+            load_settings(path, environ={})
