@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .entry import Instance
 
@@ -27,16 +28,38 @@ def _point(data: bytes) -> int:
 
 
 class Ring:
-    """One model's instances as points on a ring; built once per change of the model's instances."""
+    """One model's instances as points on a ring. Built once per change of the model's instances, and
+    then from the previous ring: an instance leaving or joining costs a pass over the points, not a sort."""
 
-    def __init__(self, candidates: Sequence[Instance], vnodes: int) -> None:
+    def __init__(self, candidates: Sequence[Instance], points_of: Callable[[Instance], list[int]],
+                 previous: Ring | None = None) -> None:
         self.source = candidates  # the table's list this ring was built from (identity marks staleness)
-        points = sorted((_point(f"{inst.id}#{v}".encode()), i)
-                        for i, inst in enumerate(candidates) for v in range(vnodes * inst.weight))
-        self.hashes = [h for h, _ in points]
-        self.owners = [candidates[i] for _, i in points]
+        self.members = [(inst.id, inst.weight) for inst in candidates]
         self.by_id = {inst.id: inst for inst in candidates}
         self.total_weight = sum(inst.weight for inst in candidates)
+        kept = set(self.members) & set(previous.members) if previous is not None else set()
+        added = sorted((h, inst.id) for inst in candidates if (inst.id, inst.weight) not in kept
+                       for h in points_of(inst))
+        if previous is not None and kept:
+            kept_ids = {member_id for member_id, _ in kept}
+            old = [(h, i) for h, i in zip(previous.hashes, previous.ids, strict=True) if i in kept_ids]
+            points = list(heapq.merge(old, added)) if added else old
+        else:
+            points = added
+        self.hashes: list[int] = [h for h, _ in points]
+        self.ids: list[str] = [i for _, i in points]
+        self.owners = [self.by_id[i] for i in self.ids]
+
+    def reuse(self, candidates: Sequence[Instance]) -> bool:
+        """Take over a new list of the same instances (another model's or service's change rebuilt the
+        table): no hashing or sorting, only the Instance objects are refreshed. False if they differ."""
+        if [(inst.id, inst.weight) for inst in candidates] != self.members:
+            return False
+        if any(a is not b for a, b in zip(candidates, self.source, strict=True)):
+            self.by_id = {inst.id: inst for inst in candidates}
+            self.owners = [self.by_id[i] for i in self.ids]
+        self.source = candidates
+        return True
 
     def walk(self, key: bytes) -> Iterator[Instance]:
         """The distinct instances in ring order from the key's point: its home first, then the next."""
@@ -59,14 +82,28 @@ class Affinity:
         self.vnodes = vnodes
         self._homes: OrderedDict[tuple[str, bytes], str] = OrderedDict()  # (model, key) -> instance id
         self._rings: dict[str, Ring] = {}
+        self._points: dict[tuple[str, int], list[int]] = {}  # (instance id, weight) -> its ring points
+
+    def _points_of(self, inst: Instance) -> list[int]:
+        """An instance's ring points, hashed once per instance (not per ring rebuild); forgotten with
+        the instance once no model's ring holds it any more."""
+        member = (inst.id, inst.weight)
+        points = self._points.get(member)
+        if points is None:
+            points = self._points[member] = [_point(f"{inst.id}#{v}".encode()) for v in range(self.vnodes * inst.weight)]
+        return points
 
     def __len__(self) -> int:
         return len(self._homes)
 
     def ring(self, model: str, candidates: Sequence[Instance]) -> Ring:
         ring = self._rings.get(model)
-        if ring is None or ring.source is not candidates:
-            ring = self._rings[model] = Ring(candidates, self.vnodes)
+        if ring is not None and (ring.source is candidates or ring.reuse(candidates)):
+            return ring
+        ring = self._rings[model] = Ring(candidates, self._points_of, ring)
+        if len(self._points) > 2 * sum(len(r.members) for r in self._rings.values()):
+            live = {m for r in self._rings.values() for m in r.members}
+            self._points = {m: p for m, p in self._points.items() if m in live}
         return ring
 
     def home(self, model: str, key: bytes) -> str | None:

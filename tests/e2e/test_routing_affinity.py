@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from svc_mgr import Instance
-from svc_mgr.affinity import Ring
+from svc_mgr.affinity import Affinity
 from svc_mgr.entry import service_id
 from tests.support.procs import get_json, post, wait_until
 from tests.support.routing_generators import served_by
@@ -56,7 +56,7 @@ def ring_order(ids: dict[str, str], session: str) -> list[str]:
     by_id = {i: name for name, i in ids.items()}
     key = affinity_key(session, {}, 1)
     assert key is not None
-    return [by_id[inst.id] for inst in Ring(instances, 40).walk(key)]
+    return [by_id[inst.id] for inst in Affinity(vnodes=40).ring("m", instances).walk(key)]
 
 
 def cache_stats(worker) -> dict:
