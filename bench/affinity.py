@@ -202,7 +202,7 @@ def run_section(stack: Stack, args: argparse.Namespace) -> dict:
     setup = (f"{args.workers} EchoGen workers with --prefix-cache {args.cache} --prefill-ms-per-kchar {args.prefill_ms}; "
              f"{args.conversations} conversations x {args.turns} turns at concurrency {args.concurrency}; system prompt "
              f"{args.system_chars} chars, {args.turn_chars} chars per user turn (and as much again in each answer).")
-    return {"setup": setup, "rows": rows, "pick": [pick_cost(4), pick_cost(1000)]}
+    return {"setup": setup, "rows": rows, "pick": [pick_cost(n) for n in args.scale]}
 
 
 def defaults() -> argparse.Namespace:
@@ -220,6 +220,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-ms", type=float, default=50.0, help="ms per 1000 uncached prompt characters")
     p.add_argument("--system-chars", type=int, default=2000)
     p.add_argument("--turn-chars", type=int, default=400)
+    p.add_argument("--scale", type=lambda text: [int(n) for n in text.split(",")], default=[4, 1000],
+                   help="instance counts of the in-process pick measurement (default 4,1000)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     p.add_argument("--out", type=Path, default=BENCH / "results", help="writes affinity.json and affinity.md there")
     args = p.parse_args(argv)
+    import signal
     import tempfile
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")  # so that `finally` stops every process started
+
+    signal.signal(signal.SIGTERM, on_term)
     stack = Stack(Path(tempfile.mkdtemp(prefix="bench-affinity-")))
     try:
         stack.start_consul()
