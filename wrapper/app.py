@@ -140,6 +140,8 @@ class Wrapper:
                 owner = self.table.instances(name)[0].service
                 entries.append(wire.model_entry(name, self.created, owner))
         for name in self.plan.public_names():
+            if name in self.table.known_models and self.table.instances(name):
+                continue  # a registered model of the same name is listed already
             if self.keys.allows(key, name) and (alias_owner := self._alias_owner(name)) is not None:
                 entries.append(wire.model_entry(name, self.created, alias_owner))
         return json_response(wire.model_list(entries))
