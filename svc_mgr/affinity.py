@@ -8,8 +8,9 @@ leaving moves only its own share of keys. After that the key's last instance is 
 whose in-flight count would exceed ceil((1 + epsilon) x its weighted share of the model's in-flight
 requests) is passed over for the next one on the ring, and the key is remembered at its new place.
 
-Cost per pick: a remembered key on an idle instance is two dict reads; a busy instance adds one sum over
-the model's instances (C-speed, to know the mean); a new key adds a bisect of the ring (O(log n)).
+Cost per pick: a remembered key on an idle instance is two dict reads; a busy instance needs the model's
+in-flight total, summed over its instances at most once per TOTAL_TTL (5 ms) and shared by the picks in
+between; a new key adds a bisect of the ring (O(log n)).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
 from .entry import Instance
+
+TOTAL_TTL = 0.005  # seconds a model's in-flight total is reused for the load bound
 
 
 def _point(data: bytes) -> int:
@@ -82,6 +85,7 @@ class Affinity:
         self.vnodes = vnodes
         self._homes: OrderedDict[tuple[str, bytes], str] = OrderedDict()  # (model, key) -> instance id
         self._rings: dict[str, Ring] = {}
+        self._totals: dict[str, list] = {}  # model -> [valid until, in-flight total, the list it was summed over]
         self._points: dict[tuple[str, int], list[int]] = {}  # (instance id, weight) -> its ring points
 
     def _points_of(self, inst: Instance) -> list[int]:
@@ -121,7 +125,7 @@ class Affinity:
         if remembered is not None and remembered.in_flight == 0 and remembered.cooled_until <= now and usable is None:
             homes.move_to_end(slot)  # the usual case, decided without the load bound's sum
             return remembered
-        bound = _Bound(self.epsilon, candidates, ring.total_weight)
+        bound = _Bound(self.epsilon, lambda: self._in_flight(model, candidates, now), ring.total_weight)
         if remembered is not None and self._fits(remembered, usable, now, bound):
             homes.move_to_end(slot)
             return remembered
@@ -136,7 +140,21 @@ class Affinity:
         homes.move_to_end(slot)
         if len(homes) > self.max_keys:
             homes.popitem(last=False)
+        if (counted := self._totals.get(model)) is not None:
+            counted[1] += 1  # the request about to start on `choice`
         return choice
+
+    def _in_flight(self, model: str, candidates: Sequence[Instance], now: float) -> int:
+        """The model's in-flight total, summed at most once per TOTAL_TTL seconds (and counted up by the
+        picks in between): at high request rates the O(n) sum is shared by many picks, and at low rates
+        it costs nothing that matters. Ends of requests are seen at the next sum, so in between the mean
+        can only be overestimated, by the requests that ended: the bound is briefly a little looser."""
+        counted = self._totals.get(model)
+        if counted is not None and counted[0] > now and counted[2] is candidates:
+            return counted[1]
+        total = sum(c.in_flight for c in candidates)
+        self._totals[model] = [now + TOTAL_TTL, total, candidates]
+        return total
 
     @staticmethod
     def _fits(inst: Instance, usable: Sequence[Instance] | None, now: float, bound: _Bound) -> bool:
@@ -145,16 +163,16 @@ class Affinity:
 
 
 class _Bound:
-    """The load bound, with the model's in-flight total summed only if an instance is busy at all."""
+    """The load bound, with the model's in-flight total asked for only if an instance is busy at all."""
 
-    def __init__(self, epsilon: float, candidates: Sequence[Instance], total_weight: int) -> None:
+    def __init__(self, epsilon: float, total_of: Callable[[], int], total_weight: int) -> None:
         self.epsilon = epsilon
-        self.candidates = candidates
+        self.total_of = total_of
         self.total_weight = total_weight
         self._total: int | None = None
 
     def allows(self, inst: Instance) -> bool:
         if self._total is None:
-            self._total = sum(c.in_flight for c in self.candidates)
+            self._total = self.total_of()
         share = (self._total + 1) * inst.weight / self.total_weight
         return inst.in_flight + 1 <= math.ceil((1 + self.epsilon) * share)

@@ -186,3 +186,18 @@ def test_routing_config_mistakes_name_the_key_and_the_file(tmp_path):
         path.write_text(text)
         with pytest.raises(ConfigError, match=f"{path}.*{key}"):
             load_settings(path, environ={})
+
+
+def test_the_in_flight_total_is_summed_once_per_ttl_and_counted_up_between():
+    from svc_mgr.affinity import TOTAL_TTL
+
+    affinity = Affinity()
+    instances = [inst(0), inst(1)]
+    instances[0].in_flight = 3
+    assert affinity._in_flight("m", instances, now=100.0) == 3
+    instances[0].in_flight = 0
+    assert affinity._in_flight("m", instances, now=100.0 + TOTAL_TTL / 2) == 3  # reused
+    instances[1].in_flight = 1
+    affinity.pick("m", instances, keys(1)[0], None, now=100.0 + TOTAL_TTL / 2)
+    assert affinity._totals["m"][1] == 4  # the pick counted its own request in
+    assert affinity._in_flight("m", instances, now=100.0 + 2 * TOTAL_TTL) == 1  # summed again
