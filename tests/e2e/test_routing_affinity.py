@@ -113,6 +113,21 @@ def test_a_saturated_instance_spills_new_keys_and_a_moved_key_stays(stack):
     assert served_by(ask(wrapper, model, [{"role": "user", "content": "z"}], later)) == busy  # room again
 
 
+def test_prompt_cache_key_and_user_keep_requests_together(stack):
+    """Eight chats with eight different openings share one instance when they share a `prompt_cache_key`
+    (or a `user`), whichever replica they reach."""
+    model, _, wrappers, _ = stack
+    for field in ("prompt_cache_key", "user"):
+        served = set()
+        for i in range(8):
+            status, _, body = post(wrappers[i % 2].base_url + "/chat/completions",
+                                   {"model": model, field: f"{field}-shared",
+                                    "messages": [{"role": "user", "content": f"opening {i}"}]})
+            assert status == 200, body
+            served.add(served_by(json.loads(body)["choices"][0]["message"]["content"]))
+        assert len(served) == 1, (field, served)
+
+
 def test_weights_hold_for_random_and_least_in_flight(procs, consul, tmp_path_factory):
     model = unique_model("weighted")
     start_worker(procs, consul, WHO, "--models", model, "--name", "heavy", "--weight", "3")
