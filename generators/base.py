@@ -151,6 +151,10 @@ class Generator:
         """Used for `usage` when a method does not report it. Override with a real tokenizer."""
         return len(text.split())
 
+    def stats(self) -> dict[str, Any] | None:
+        """Counters of the generator's own, shown in the worker's /health to a caller with the secret."""
+        return None
+
     # ---- what the worker calls ---------------------------------------------------------------
 
     def _method(self, name: str | None) -> Callable[..., Any] | None:

@@ -18,6 +18,7 @@ from common.wire import message_text
 from ._audio import PCM_RATE, wav_header
 from ._png import PixelFn, png
 from .base import Delta, Generator, Output, ToolCall, ToolCallDelta
+from .prefix_cache import PrefixCache
 
 DIMENSIONS = 64
 SPEECH_MS_PER_CHARACTER = 50  # EchoGen's speech lasts this long per input character
@@ -47,10 +48,13 @@ class EchoGen(Generator):
     models = ("echo",)
     service_name = "echo"
 
-    def __init__(self, models=None, delay: float = 0.0, flag_word: str = "forbidden") -> None:
+    def __init__(self, models=None, delay: float = 0.0, flag_word: str = "forbidden", prefix_cache: int = 0,
+                 prefill_ms_per_kchar: float = 0.0) -> None:
         super().__init__(models)
         self.delay = delay
         self.flag_word = flag_word.lower()
+        self.cache = PrefixCache(prefix_cache) if prefix_cache > 0 else None
+        self.prefill_ms_per_kchar = prefill_ms_per_kchar
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -58,6 +62,22 @@ class EchoGen(Generator):
                             help="pause before each streamed word (for load and disconnect tests)")
         parser.add_argument("--flag-word", default="forbidden", metavar="WORD",
                             help="moderation flags (as harassment) every input containing this word")
+        parser.add_argument("--prefix-cache", type=int, default=0, metavar="N",
+                            help="simulate an engine's prefix cache holding the last N sequences (prompt + "
+                            "answer); its hits and misses show in /health (with the worker secret)")
+        parser.add_argument("--prefill-ms-per-kchar", type=float, default=0.0, metavar="MS",
+                            help="pause this long per 1000 characters of the prompt not in the prefix cache")
+
+    def stats(self) -> dict[str, Any] | None:
+        return self.cache.stats() if self.cache is not None else None
+
+    async def _prefill(self, prompt: str, answer: str) -> None:
+        """Simulate an engine's prefill: time for the prompt's uncached part; then cache prompt + answer."""
+        uncached = len(prompt) - (self.cache.lookup(prompt) if self.cache is not None else 0)
+        if self.prefill_ms_per_kchar and uncached:
+            await asyncio.sleep(uncached * self.prefill_ms_per_kchar / 1e6)
+        if self.cache is not None:
+            self.cache.store(prompt + answer)
 
     def _last_user_text(self, request: dict[str, Any]) -> str:
         for message in reversed(request.get("messages") or []):
@@ -71,11 +91,23 @@ class EchoGen(Generator):
                 await asyncio.sleep(self.delay)
             yield piece
 
+    async def _chat_answer(self, request: dict[str, Any]) -> str:
+        answer = _tool_result(request) or self._last_user_text(request)
+        if self.cache is not None or self.prefill_ms_per_kchar:
+            await self._prefill(_chat_prompt(request), _turn("assistant", answer))
+        return answer
+
+    async def _completion_answer(self, request: dict[str, Any]) -> str:
+        answer = _prompt_text(request.get("prompt"))
+        if self.cache is not None or self.prefill_ms_per_kchar:
+            await self._prefill(answer, answer)
+        return answer
+
     async def chat(self, request: dict[str, Any]) -> str | Output:
         call = tool_call(request)
         if call is not None:
             return Output(tool_calls=[call])
-        return _tool_result(request) or self._last_user_text(request)
+        return await self._chat_answer(request)
 
     async def chat_stream(self, request: dict[str, Any]) -> AsyncGenerator[str | Delta, None]:
         call = tool_call(request)
@@ -84,14 +116,14 @@ class EchoGen(Generator):
             async for piece in self._words(call.arguments):
                 yield Delta(tool_calls=[ToolCallDelta(index=0, arguments=piece)])
             return
-        async for piece in self._words(_tool_result(request) or self._last_user_text(request)):
+        async for piece in self._words(await self._chat_answer(request)):
             yield piece
 
     async def completion(self, request: dict[str, Any]) -> str:
-        return _prompt_text(request.get("prompt"))
+        return await self._completion_answer(request)
 
     async def completion_stream(self, request: dict[str, Any]) -> AsyncGenerator[str, None]:
-        async for piece in self._words(_prompt_text(request.get("prompt"))):
+        async for piece in self._words(await self._completion_answer(request)):
             yield piece
 
     async def embed(self, request: dict[str, Any]) -> list[list[float]]:
@@ -175,6 +207,17 @@ def _tool_result(request: dict[str, Any]) -> str:
     messages = request.get("messages") or []
     last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
     return message_text(last.get("content")) if last.get("role") == "tool" else ""
+
+
+def _turn(role: Any, text: str) -> str:
+    return f"<|{role}|>{text}"
+
+
+def _chat_prompt(request: dict[str, Any]) -> str:
+    """The messages as one text, as an engine's chat template makes them: a turn's answer, appended as an
+    assistant turn, is exactly what the next turn's prompt holds up to its new message."""
+    return "".join(_turn(m.get("role"), message_text(m.get("content")))
+                   for m in request.get("messages") or [] if isinstance(m, dict))
 
 
 def _as_text(item: Any) -> str:

@@ -32,6 +32,8 @@ CAPS_TAG_PREFIX = "caps="
 MAX_MODEL_NAME_LENGTH = 256  # characters of one model name (OpenAI's ids are far shorter)
 MAX_MODELS_PER_INSTANCE = 1000  # models one instance may claim; more is a bug or an attack on the table
 MAX_HOSTNAME_LENGTH = 253  # DNS's limit for a whole name
+WEIGHT_META = "weight"  # service meta key of a worker's --weight (#14); absent means 1
+MAX_WEIGHT = 100  # a weight beyond this is a typo; the balancers expand weights into lists of that length
 
 # One DNS label (RFC 1123): letters, digits and inner hyphens, at most 63 characters.
 _DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -89,6 +91,7 @@ class Instance:
     cooled_until: float = field(default=0.0, compare=False)
     seen_since: float = field(default_factory=time.time, compare=False)  # when this wrapper read it (/status)
     last_error: tuple[float, str] | None = field(default=None, compare=False)  # (time.time(), error code)
+    weight: int = 1  # its share relative to the model's other instances (worker --weight)
 
     def __post_init__(self) -> None:
         self.base_url = http_base(self.address, self.port)
@@ -130,6 +133,15 @@ def _port(value: Any) -> int:
     return value
 
 
+def _weight(meta: Any) -> int:
+    value = meta.get(WEIGHT_META) if isinstance(meta, dict) else None
+    if value is None:
+        return 1
+    if not isinstance(value, str) or not value.isdigit() or not 1 <= int(value) <= MAX_WEIGHT:
+        raise BadEntry(f"weight {str(value)[:20]!r} is not a whole number from 1 to {MAX_WEIGHT}")
+    return int(value)
+
+
 def _models(tags: list[Any]) -> tuple[str, ...]:
     models = models_from_tags(t for t in tags if isinstance(t, str))
     if len(models) > MAX_MODELS_PER_INSTANCE:
@@ -155,7 +167,9 @@ def parse_instance(entry: Any) -> Instance | None:
         raise BadEntry(f"address {address!r} is not an IP address or a DNS name")
     return Instance(id=_text(svc.get("ID"), "the service id"), service=_text(svc.get("Service"), "the service name"),
                     address=address, port=_port(svc.get("Port")), models=_models(tags),
-                    capabilities=capabilities_from_tags(t for t in tags if isinstance(t, str)))
+                    capabilities=capabilities_from_tags(t for t in tags if isinstance(t, str)),
+
+                    weight=_weight(svc.get("Meta")))
 
 
 class EntryReader:

@@ -12,7 +12,7 @@ from common.settings import ConsulSettings, WorkerSettings
 from common.wire import Capability
 
 from .consul_client import AsyncConsul, ConsulException, connect
-from .entry import model_tags, service_id
+from .entry import WEIGHT_META, model_tags, service_id
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class ConsulUnreachable(Exception):
 class Registration:
     def __init__(self, consul_settings: ConsulSettings, worker: WorkerSettings, *, name: str, host: str,
                  port: int, models: Sequence[str], health_url: str,
-                 capabilities: Sequence[Capability] | None = None) -> None:
+                 capabilities: Sequence[Capability] | None = None, weight: int = 1) -> None:
         self.consul_settings = consul_settings
         self.worker = worker
         self.name = name
@@ -33,6 +33,7 @@ class Registration:
         self.port = port
         self.models = list(models)
         self.capabilities = capabilities  # None: claim none (read back as the legacy set)
+        self.weight = weight
         # Consul's check names the instance it expects: a worker that took over the port of a stale
         # registration answers 503 to it, so the stale entry goes critical instead of passing for that worker
         self.check_url = f"{health_url}?{urlencode({'id': self.id})}"
@@ -56,7 +57,13 @@ class Registration:
         }
         await self.consul.agent.service.register(
             self.name, service_id=self.id, address=self.host, port=self.port,
-            tags=model_tags(self.models, self.capabilities), meta={"models": ",".join(self.models)[:512]}, check=check)
+            tags=model_tags(self.models, self.capabilities), meta=self._meta(), check=check)
+
+    def _meta(self) -> dict[str, str]:
+        meta = {"models": ",".join(self.models)[:512]}
+        if self.weight != 1:
+            meta[WEIGHT_META] = str(self.weight)
+        return meta
 
     async def register(self) -> None:
         """Register, retrying a few times; ConsulUnreachable names the address if it never works."""

@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from common.wire import Capability
 
+from .affinity import Affinity
 from .entry import Instance
 from .routes import RouteRules
+from .weights import WeightedPools
 
 Policy = Callable[[Sequence[Instance]], Instance]
 
@@ -18,14 +20,16 @@ def pick_random(candidates: Sequence[Instance]) -> Instance:
 
 
 def pick_least_in_flight(candidates: Sequence[Instance]) -> Instance:
-    """Power of two choices over the wrapper's own in-flight counts."""
+    """Power of two choices over the wrapper's own in-flight counts, per unit of weight."""
     if len(candidates) == 1:
         return candidates[0]
     a, b = random.sample(candidates, 2)
-    return a if a.in_flight <= b.in_flight else b
+    return a if a.in_flight * b.weight <= b.in_flight * a.weight else b
 
 
-POLICIES: dict[str, Policy] = {"random": pick_random, "least_in_flight": pick_least_in_flight}
+# `affinity` picks by key (svc_mgr/affinity.py); a request without a key goes to least-in-flight
+POLICIES: dict[str, Policy] = {"random": pick_random, "least_in_flight": pick_least_in_flight,
+                               "affinity": pick_least_in_flight}
 
 
 class RoutingTable:
@@ -33,8 +37,11 @@ class RoutingTable:
     the changed instances' models in place, and `rules` (wrapper.routes) decide there, never per request,
     which services may serve each model."""
 
-    def __init__(self, policy: Policy = pick_random, cooldown: float = 5.0, rules: RouteRules | None = None) -> None:
+    def __init__(self, policy: Policy = pick_random, cooldown: float = 5.0, rules: RouteRules | None = None,
+                 affinity: Affinity | None = None) -> None:
         self.policy = policy
+        self.affinity = affinity  # the `affinity` balancer, for picks that carry a key
+        self._weighted = WeightedPools()
         self.cooldown = cooldown
         self.rules = rules if rules is not None else RouteRules()
         self._by_service: dict[str, dict[str, Instance]] = {}
@@ -63,6 +70,9 @@ class RoutingTable:
             self._set(service, (), touched)
         for model in touched:
             self._index_capabilities(model)
+            if model in self._by_model:
+                # a new list object per changed model: the weighted pools and affinity rings cache per list
+                self._by_model[model] = list(self._by_model[model])
 
     def _set(self, service: str, instances: Iterable[Instance], touched: set[str]) -> None:
         old = self._by_service.get(service, {})
@@ -70,7 +80,7 @@ class RoutingTable:
         for inst in instances:
             kept = old.get(inst.id)
             if (kept is not None and kept.base_url == inst.base_url and kept.models == inst.models
-                    and kept.capabilities == inst.capabilities):
+                    and kept.capabilities == inst.capabilities and kept.weight == inst.weight):
                 inst = kept  # keep in-flight counts and cool-downs across updates
             fresh[inst.id] = inst
         for inst in old.values():
@@ -154,26 +164,38 @@ class RoutingTable:
         served = self._capabilities.get(model)
         return served is None or capability in served
 
-    def pick(self, model: str, exclude: Sequence[Instance] = (), capability: Capability | None = None
-             ) -> Instance | None:
+    def pick(self, model: str, exclude: Sequence[Instance] = (), capability: Capability | None = None,
+             key: bytes | None = None) -> Instance | None:
         """A healthy instance for `model` (that serves `capability`), preferring ones not cooling down;
         None if there is none.
 
-        O(1) in the usual case: the policy picks from all instances, and only when its choice is cooling
-        down or excluded is the list filtered (a uniform pick stays uniform over what remains)."""
+        O(1) in the usual case: the policy picks from all instances (each repeated by its weight), and only
+        when its choice is cooling down or excluded is the list filtered (a uniform pick stays uniform over
+        what remains). With the affinity balancer, a request's `key` decides (svc_mgr/affinity.py)."""
         candidates = (self._split and self._split.get((model, capability))) or self._by_model.get(model)
         if not candidates:
             return None
         now = time.monotonic()
-        choice = self.policy(candidates)
+        if key is not None and self.affinity is not None:
+            return self._pick_by_key(model, candidates, key, exclude, now)
+        pool = self._weighted.get(model, candidates)
+        choice = self.policy(pool)
         if choice.cooled_until <= now and choice not in exclude:
             return choice
         if exclude:
-            candidates = [c for c in candidates if c not in exclude]
-            if not candidates:
+            pool = [c for c in pool if c not in exclude]
+            if not pool:
                 return None
-        warm = [c for c in candidates if c.cooled_until <= now]
-        return self.policy(warm or candidates)
+        warm = [c for c in pool if c.cooled_until <= now]
+        return self.policy(warm or pool)
+
+    def _pick_by_key(self, model: str, candidates: list[Instance], key: bytes, exclude: Sequence[Instance],
+                     now: float) -> Instance | None:
+        assert self.affinity is not None
+        usable = [c for c in candidates if c not in exclude] if exclude else None
+        if usable == []:
+            return None
+        return self.affinity.pick(model, candidates, key, usable, now)
 
     def in_flight(self) -> int:
         return sum(i.in_flight for instances in self._by_service.values() for i in instances.values())

@@ -44,6 +44,7 @@ class WorkerHealth(BaseModel):
     status: str
     models: list[str] | None = None  # these two only for a caller with the worker secret
     served: int | None = None  # model calls accepted
+    generator: dict[str, Any] | None = None  # the Generator's own counters (Generator.stats), if it keeps any
 
 
 class Worker:
@@ -227,7 +228,10 @@ class Worker:
                               code="wrong_instance")
         if not presents_secret(request, self._secret):
             return json_response({"status": "ok"})
-        return json_response({"status": "ok", "models": list(self.generator.models), "served": self.served})
+        health: dict[str, Any] = {"status": "ok", "models": list(self.generator.models), "served": self.served}
+        if (stats := self.generator.stats()) is not None:
+            health["generator"] = stats
+        return json_response(health)
 
     def app(self) -> ASGIApp:
         from .media import MediaEndpoints  # it builds on this module

@@ -11,7 +11,7 @@ from common.server import run
 from common.settings import ConfigError, Settings
 from generators import Generator
 from svc_mgr import ConsulUnreachable
-from svc_mgr.entry import service_id
+from svc_mgr.entry import MAX_WEIGHT, service_id
 
 from .app import Worker
 from .lifecycle import serve_worker
@@ -23,8 +23,17 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--svc-name", default=None, help="Consul service name (default: the generator's)")
     parser.add_argument("--max-concurrency", type=int, default=None, metavar="N",
                         help="requests served at once; more wait in a bounded queue, then get 429")
+    parser.add_argument("--weight", type=_weight, default=1, metavar="N",
+                        help=f"this instance's share of its models' traffic relative to the others' (1 to {MAX_WEIGHT}, "
+                        "default 1): 3 gets three times the requests of 1")
     parser.add_argument("--advertise", default=None, metavar="ADDR",
                         help="address registered in Consul (default: HOST; 127.0.0.1 when HOST is 0.0.0.0 or ::)")
+
+
+def _weight(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to {MAX_WEIGHT}")
+    return int(text)
 
 
 def import_generator(dotted: str) -> type[Generator]:
@@ -100,7 +109,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings, generator: Generat
     advertised = args.advertise or (args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
     worker = Worker(generator, settings, service_id=service_id(service, advertised, args.port))
     try:
-        return run(serve_worker(worker, settings, args.host, args.port, advertised, service))
+        return run(serve_worker(worker, settings, args.host, args.port, advertised, service, weight=args.weight))
     except (ConsulUnreachable, ValueError) as exc:  # ValueError: the Generator's start-up refused its settings
         print(f"error: {exc}", file=sys.stderr)
         return 1

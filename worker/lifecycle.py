@@ -14,13 +14,13 @@ from .app import Worker
 
 
 async def serve_worker(worker: Worker, settings: Settings, host: str, port: int, advertised: str,
-                       service: str) -> int:
+                       service: str, weight: int = 1) -> int:
     """Serve `worker` until SIGTERM/SIGINT; returns the exit status."""
     await worker.start()  # before binding: a Generator that cannot start fails with one clear line
     health = http_base(advertised, port) + "/health"
     registration = Registration(settings.consul, settings.worker, name=service, host=advertised, port=port,
                                 models=worker.generator.models, health_url=health,
-                                capabilities=[c for c in Capability if worker.generator.supports(c)])
+                                capabilities=[c for c in Capability if worker.generator.supports(c)], weight=weight)
 
     async def after_start() -> None:
         # the very check Consul will run: it also proves the Worker knows the id it is registered under

@@ -31,10 +31,13 @@ from common.metrics import Observation
 from common.settings import Settings, load_api_keys, secret
 from common.wire import Capability
 from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
+from svc_mgr.affinity import Affinity
 
+from .affinity_key import SESSION_HEADER, affinity_key
 from .auth import KeyRing
 from .hop import Hop
 from .metrics import WrapperMetrics
+from .model_plan import SERVED_MODEL_HEADER, ModelPlan, Reroute, renamed_json, renamed_stream
 from .observe import Observer
 from .status import status_endpoints
 from .unsupported import add_unsupported_routes
@@ -55,8 +58,12 @@ class Wrapper:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        aff = settings.wrapper.affinity
+        self.affinity = (Affinity(aff.epsilon, aff.max_keys, aff.vnodes)
+                         if settings.wrapper.balancer == "affinity" else None)
         self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown,
-                                  RouteRules(settings.wrapper.routes))
+                                  RouteRules(settings.wrapper.routes), self.affinity)
+        self.plan = ModelPlan(settings.wrapper)
         self.keys = KeyRing(load_api_keys(settings))
         worker_secret = secret(settings.worker.secret)
         self.hop = Hop(self.table, settings.wrapper, worker_secret)
@@ -105,18 +112,22 @@ class Wrapper:
         form = capability in wire.MULTIPART
         raw = await read_body(request, limits.max_upload_bytes if form else limits.max_body_bytes)
         content_type = request.headers.get("content-type") if form else None  # sent on with its boundary
-        model, stream = self._admit(raw, capability, content_type)
+        model, stream, affinity, body = self._admit(raw, capability, content_type, request)
         if obs is not None:
             obs.admit(model, stream)
         self.observer.admitted(request, model)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
+        if body is not None:
+            reroute = Reroute(model, self.plan.chain(model, affinity, lambda m: self.keys.allows(key, m)), body, raw)
+            return await self._reroute(request, reroute, capability, stream, affinity, rid)
         if not self.table.serves(model, capability):
             raise unsupported_capability(model, wire.PATHS[capability])
         whole = not stream and capability not in wire.BINARY_ANSWER
         try:
             attempt = await unless_disconnected(request, self.hop.open(
-                model, wire.PATHS[capability], raw, rid, whole=whole, capability=capability, content_type=content_type))
+                model, wire.PATHS[capability], raw, rid, whole=whole, capability=capability, content_type=content_type,
+                key=affinity))
         except ClientGone:
             log.debug("request %s: client went away; abandoned", rid)
             return Response(status_code=CLIENT_CLOSED)
@@ -133,17 +144,41 @@ class Wrapper:
         attempt.close()
         return Response(content, status_code=attempt.status, media_type=media_type, headers=headers)
 
-    def _admit(self, raw: bytes, capability: Capability, content_type: str | None) -> tuple[str, bool]:
-        """Check the body (a form's, with its `content_type`, for an upload); return its model and stream
-        flag. The parsed body is dropped on return, so it is not held while the worker works (only `raw` is
-        sent on)."""
+    def _admit(self, raw: bytes, capability: Capability, content_type: str | None,
+               request: Request) -> tuple[str, bool, bytes | None, dict | None]:
+        """Check the body (a form's, with its `content_type`, for an upload); return its model, stream flag,
+        affinity key (with that balancer) and, for an aliased model or one with fallbacks only (JSON bodies),
+        the parsed body. Otherwise the parsed body is dropped on return, so it is not held while the worker
+        works (only `raw` is sent on)."""
         if capability in wire.MULTIPART:
             body, model = multipart.admit_form(raw, content_type, capability)
         else:
             body = wire.parse_body(raw, self.settings.limits)
             model = wire.require_routing_fields(body, capability)
         wire.check_fields(body, capability, self.settings.limits)
-        return model, wire.is_stream(body)
+        key = None
+        if self.affinity is not None:
+            key = affinity_key(request.headers.get(SESSION_HEADER), body, self.settings.wrapper.affinity.prompt_chars)
+        return model, wire.is_stream(body), key, body if model in self.plan and capability not in wire.MULTIPART else None
+
+    async def _reroute(self, request: Request, reroute: Reroute, capability: Capability, stream: bool,
+                       key: bytes | None, rid: str) -> Response:
+        """`_route` for an aliased model or one with fallbacks: the first target that answers serves, and
+        the answer names it (X-Served-Model, and the `model` field: docs/routing.md)."""
+        try:
+            attempt, target = await unless_disconnected(
+                request, reroute.open(self.hop, wire.PATHS[capability], rid, whole=not stream, key=key))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        headers = {**attempt.headers(), SERVED_MODEL_HEADER: target.model}
+        name = self.plan.answer_name(target) if attempt.status == 200 else None
+        if attempt.content is None and attempt.content_type.startswith(wire.SSE):
+            chunks = self.hop.stream(attempt)
+            return SSEResponse(chunks if name is None else renamed_stream(chunks, name), attempt.status, headers,
+                               on_close=attempt.close)
+        content = attempt.content if attempt.content is not None else await self.hop.read(attempt)
+        attempt.close()
+        return Response(renamed_json(content, name), status_code=attempt.status, media_type=JSON, headers=headers)
 
     async def models(self, request: Request) -> Response:
         key = self.keys.authenticate(request.headers.get("authorization"))
@@ -152,15 +187,25 @@ class Wrapper:
             if self.keys.allows(key, name):
                 owner = self.table.instances(name)[0].service
                 entries.append(wire.model_entry(name, self.created, owner))
+        for name in self.plan.public_names():
+            if name in self.table.known_models and self.table.instances(name):
+                continue  # a registered model of the same name is listed already
+            if self.keys.allows(key, name) and (alias_owner := self._alias_owner(name)) is not None:
+                entries.append(wire.model_entry(name, self.created, alias_owner))
         return json_response(wire.model_list(entries))
+
+    def _alias_owner(self, name: str) -> str | None:
+        """The service of an alias's first routable model; None if none of its models is routable."""
+        return next((inst[0].service for m in self.plan.aliases.get(name, ()) if (inst := self.table.instances(m))),
+                    None)
 
     async def model(self, request: Request, model: str) -> Response:
         key = self.keys.authenticate(request.headers.get("authorization"))
-        name = model
-        instances = self.table.instances(name)
-        if not instances or not self.keys.allows(key, name):
-            raise model_not_found(name)
-        return json_response(wire.model_entry(name, self.created, instances[0].service))
+        instances = self.table.instances(model)
+        owner = instances[0].service if instances else self._alias_owner(model)
+        if owner is None or not self.keys.allows(key, model):
+            raise model_not_found(model)
+        return json_response(wire.model_entry(model, self.created, owner))
 
     async def health(self, request: Request) -> Response:
         health = {"status": "ok", "models": len(self.table.models()), "in_flight": self.table.in_flight(),

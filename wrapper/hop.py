@@ -128,10 +128,11 @@ class Hop:
         return max(min(limit, deadline - asyncio.get_running_loop().time()), 0)
 
     async def open(self, model: str, path: str, body: bytes, request_id: str, *, whole: bool,
-                   capability: Capability | None = None, content_type: str | None = None) -> Attempt:
+                   capability: Capability | None = None, content_type: str | None = None,
+                   key: bytes | None = None) -> Attempt:
         """Send to a healthy instance and wait for its headers (and, if `whole`, its whole body), failing
         over on connection errors, resets, timeouts, 429/502/503 and a stale instance's 404, within the
-        attempt limit, the retry budget and the overall deadline. A stream is never retried once its
+        attempt limit, the retry budget and the overall deadline. `key`: the affinity balancer's key. A stream is never retried once its
         first byte was relayed: that is the caller's part, which starts only after this returns."""
         assert self._session is not None, "Hop.start() was not called"
         deadline = asyncio.get_running_loop().time() + self.timeouts.total
@@ -142,8 +143,8 @@ class Hop:
         observer = self.observer
         outcome: str | int | None = None  # of the attempt before: a failover's reason
         for _ in range(self.settings.max_attempts):
-            inst = (self.table.pick(model, tried, capability)
-                    or (self.table.pick(model, capability=capability) if tried else None))
+            inst = (self.table.pick(model, tried, capability, key)
+                    or (self.table.pick(model, (), capability, key) if tried else None))
             if inst is None or self._remaining(deadline, 1) <= 0:
                 break
             if tried:
