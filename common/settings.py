@@ -49,6 +49,13 @@ class TimeoutSettings(_Section):
     total: float = Field(600.0, gt=0)
 
 
+class Budget(_Section):
+    """A token budget per calendar day or month (UTC)."""
+
+    tokens: int = Field(ge=1)
+    per: Literal["day", "month"]
+
+
 class ApiKey(_Section):
     """A gateway key, given as the key itself or as its SHA-256 digest (so a keys file need not hold keys)."""
 
@@ -56,6 +63,12 @@ class ApiKey(_Section):
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     models: list[str] | None = None  # None: every model
     name: str | None = None
+    # limits (wrapper/limits.py), each optional: absent = unlimited
+    rpm: int | None = Field(None, ge=1)  # requests per minute
+    tpm: int | None = Field(None, ge=1)  # tokens (prompt + completion) per minute
+    max_concurrent: int | None = Field(None, ge=1)
+    budget: Budget | None = None
+    admin: bool = False  # may read /admin/usage
 
     @model_validator(mode="after")
     def _one_form(self) -> ApiKey:
@@ -70,6 +83,10 @@ class ApiKey(_Section):
             return bytes.fromhex(self.key_sha256)
         assert self.key is not None  # _one_form
         return key_digest(self.key.get_secret_value())
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.max_concurrent, self.budget))
 
 
 def key_digest(key: str) -> bytes:
@@ -130,6 +147,10 @@ class WrapperSettings(_Section):
     processes: int = Field(1, ge=1, le=64)
     # model name or fnmatch glob -> the Consul services allowed to serve it (svc_mgr/routes.py)
     routes: dict[NonEmpty, list[NonEmpty]] = {}
+    # API keys kept in Consul's KV store under this prefix (wrapper/key_watch.py); null: not watched
+    keys_consul_prefix: str | None = None
+    rate_window: float = Field(60.0, gt=0)  # seconds of the "minute" of rpm/tpm (shorter only for tests)
+    usage_days: int = Field(30, ge=1)  # hourly usage figures are kept this many days
 
 
 class WorkerSettings(_Section):
@@ -154,6 +175,16 @@ class SecuritySettings(_Section):
     strict: bool = False  # refuse to start without API keys / worker secret (--require-auth)
 
 
+class RedisSettings(_Section):
+    """Where the wrapper replicas share their rate-limit and usage counters (wrapper/limits.py)."""
+
+    url: SecretStr | None = None  # redis://host:port/db; null: counters in each process's memory
+    fail_closed: bool = False  # Redis unreachable: 503 instead of letting requests through
+    timeout: float = Field(0.25, gt=0)  # seconds per Redis call (connect or answer) before it counts as down
+    retry_interval: float = Field(1.0, gt=0)  # seconds between checks whether an unreachable Redis is back
+    prefix: str = "oaw:"  # of every Redis key the wrapper writes
+
+
 class Settings(_Section):
     consul: ConsulSettings = ConsulSettings()
     limits: LimitSettings = LimitSettings()
@@ -161,6 +192,7 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     openai: UpstreamSettings = UpstreamSettings()
     security: SecuritySettings = SecuritySettings()
+    redis: RedisSettings = RedisSettings()
     source: str = Field("<defaults>", exclude=True)
 
 
@@ -200,8 +232,11 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[
     worker = dict(raw.get("worker") or {})
     if environ.get("WORKER_SECRET"):
         worker["secret"] = environ["WORKER_SECRET"]
+    redis = dict(raw.get("redis") or {})
+    if environ.get("REDIS_URL"):
+        redis["url"] = environ["REDIS_URL"]
     out = dict(raw)
-    for name, section in (("consul", consul), ("openai", upstream), ("worker", worker)):
+    for name, section in (("consul", consul), ("openai", upstream), ("worker", worker), ("redis", redis)):
         if section:
             out[name] = section
     return out

@@ -32,6 +32,9 @@ from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 
 from .auth import KeyRing
 from .hop import Hop
+from .key_watch import KeyWatch
+from .limits import Limiter
+from .usage_api import usage_endpoint
 
 
 class WrapperHealth(BaseModel):
@@ -40,6 +43,7 @@ class WrapperHealth(BaseModel):
     models: int  # routable models
     in_flight: int
     consul: str  # "up" or "down"
+    limits: dict[str, str | int] | None = None  # the rate-limit store: memory or redis, up or down, outages
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,10 @@ class Wrapper:
         self.settings = settings
         self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown,
                                   RouteRules(settings.wrapper.routes))
-        self.keys = KeyRing(load_api_keys(settings))
+        prefix = settings.wrapper.keys_consul_prefix
+        self.keys = KeyRing(load_api_keys(settings), watched=prefix is not None)
+        self.key_watch = KeyWatch(settings.consul, prefix, self.keys) if prefix is not None else None
+        self.limits = Limiter(settings)
         worker_secret = secret(settings.worker.secret)
         self.hop = Hop(self.table, settings.wrapper, worker_secret)
         self._secret = worker_secret.encode() if worker_secret else None
@@ -75,6 +82,13 @@ class Wrapper:
         model, stream = self._admit(raw, capability)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
+        ticket = await self.limits.admit(key, model, raw, stream)  # wrapper/limits.py: 429 over a limit
+        if ticket is not None:
+            return await ticket.settle(self._relay(request, rid, capability, model, ticket.body, stream))
+        return await self._relay(request, rid, capability, model, raw, stream)
+
+    async def _relay(self, request: Request, rid: str, capability: Capability, model: str, raw: bytes,
+                     stream: bool) -> Response:
         try:
             attempt = await unless_disconnected(
                 request, self.hop.open(model, wire.PATHS[capability], raw, rid, whole=not stream))
@@ -117,7 +131,9 @@ class Wrapper:
 
     async def health(self, request: Request) -> Response:
         health = {"status": "ok", "models": len(self.table.models()), "in_flight": self.table.in_flight(),
-                  "consul": "down" if self.discovery.outage.down else "up"}
+                  "consul": "down" if self.discovery.outage.down else "up",
+                  "limits": {"store": self.limits.backend, "state": "down" if self.limits.down else "up",
+                             "outages": self.limits.outages, "unchecked": self.limits.unchecked}}
         if presents_secret(request, self._secret):
             health["pid"] = os.getpid()
         return json_response(health)
@@ -125,15 +141,24 @@ class Wrapper:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object) -> AsyncGenerator[None, None]:
         await self.hop.start()
+        await self.limits.start()
+        if self.key_watch is not None:
+            await self.key_watch.start()
         await self.discovery.start()
         try:
             await asyncio.wait_for(self.discovery.ready.wait(), 5)
         except TimeoutError:
             log.warning("Consul at %s has not answered yet; starting with an empty routing table",
                         self.settings.consul.address)
+        if self.key_watch is not None and not self.key_watch.ready.is_set():
+            with contextlib.suppress(TimeoutError):  # until then, only the configured keys are known
+                await asyncio.wait_for(self.key_watch.ready.wait(), 5)
         try:
             yield
         finally:
+            if self.key_watch is not None:
+                await self.key_watch.stop()
+            await self.limits.close()
             await self.discovery.stop()
             await self.hop.close()
 
@@ -144,4 +169,5 @@ class Wrapper:
         api.add_api_route("/v1/models", self.models, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/v1/models/{model:path}", self.model, methods=["GET"], response_model=wire.ModelObject)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WrapperHealth)
+        api.add_api_route("/admin/usage", usage_endpoint(self.keys, self.limits), methods=["GET"])
         return asgi

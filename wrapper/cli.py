@@ -23,6 +23,9 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     processes = args.processes or settings.wrapper.processes
+    if processes > 1 and settings.redis.url is None:
+        log.warning("redis.url is not set: each of the %d processes keeps its own rate-limit counters, so a key "
+                    "may get up to %d times its limits (docs/keys-and-limits.md)", processes, processes)
     log.info("wrapper listening on http://%s:%s/v1 with %d process(es) (Consul at %s)", args.host, args.port,
              processes, settings.consul.address)
     return supervise(settings, args.host, args.port, processes, args.log_level)

@@ -1,0 +1,187 @@
+"""Where rate-limit and usage counters live: each process's memory, or one Redis that every wrapper replica
+shares. Both stores keep the same figures the same way:
+
+- requests and tokens per key in a sliding window of `rate_window` seconds, made of 60 buckets (so a limit
+  holds over any window's length, with 1/60 of it as resolution: never the 2x of fixed windows at a
+  boundary). A request's estimated tokens are charged at admission (so parallel requests see each
+  other) and replaced with the real usage when the answer's usage is known;
+- requests in flight per key (max_concurrent);
+- tokens per calendar day or month (budget);
+- usage per key name, model and hour: requests, prompt tokens, completion tokens, errors.
+
+Redis: each admission and each settlement is one atomic Lua script (one round trip), timed by Redis'
+own clock so replicas with skewed clocks agree.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+BUCKETS = 60  # per window
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+SEP = "\x1f"  # between key name, model and figure in a usage field: no name or model contains it
+CONCURRENCY_TTL_MS = 15 * 60 * 1000  # a crashed wrapper's in-flight count is forgotten after this
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """One admission: whose counters, which limits (None: unlimited), and the tokens it estimates."""
+
+    counter: str  # the key's counter id (its digest, shortened)
+    rpm: int | None
+    tpm: int | None
+    max_concurrent: int | None
+    budget: int | None
+    budget_period: str  # e.g. "d2026-11-26" or "m2026-11": the budget's counter, per calendar period
+    budget_ttl: int  # seconds the period's counter is kept
+    estimate: int  # tokens charged at admission, corrected when the usage is known
+
+
+# why a request was refused
+RPM, TPM, CONCURRENCY, BUDGET = "rpm", "tpm", "concurrency", "budget"
+REFUSALS = (None, RPM, TPM, CONCURRENCY, BUDGET)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    refused: str | None
+    requests: int  # in the window, this request included if admitted
+    requests_reset: float  # seconds until the oldest request in the window leaves it
+    tokens: int
+    tokens_reset: float
+    bucket: int  # the window bucket the estimate was charged to
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What an answer cost: the estimate is taken back from its bucket and the real tokens charged."""
+
+    quota: Quota
+    bucket: int | None  # None: nothing was admitted (a refusal only counts usage)
+    prompt_tokens: int
+    completion_tokens: int
+    error: bool
+    key_name: str
+    model: str
+    hour: int  # unix time of the hour's start
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    key_name: str
+    model: str
+    hour: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int
+
+
+class Store(Protocol):
+    async def admit(self, quota: Quota, window: float) -> Verdict: ...
+    async def settle(self, s: Settlement, window: float, usage_ttl: int) -> None: ...
+    async def usage(self, hours: list[int]) -> list[UsageRow]: ...
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def usage_rows(hour: int, fields: dict[str, int]) -> list[UsageRow]:
+    """The rows of one hour's `name SEP model SEP figure -> count` fields."""
+    figures: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for name, count in fields.items():
+        key_name, model, figure = name.split(SEP)
+        figures[(key_name, model)][figure] = int(count)
+    return [UsageRow(k, m, hour, **{f: got.get(f, 0) for f in USAGE_FIELDS}) for (k, m), got in figures.items()]
+
+
+# ---- in memory --------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Window:
+    buckets: dict[int, int] = field(default_factory=dict)
+
+    def used(self, now_bucket: int) -> tuple[int, int | None]:
+        """(sum, oldest bucket) of the live buckets, forgetting the others."""
+        for b in [b for b in self.buckets if b <= now_bucket - BUCKETS]:
+            del self.buckets[b]
+        return sum(self.buckets.values()), min(self.buckets, default=None)
+
+    def add(self, bucket: int, n: int) -> None:
+        self.buckets[bucket] = self.buckets.get(bucket, 0) + n
+
+
+def reset_after(oldest: int | None, now: float, size: float) -> float:
+    """Seconds until the oldest live bucket (or, with none, the current one) leaves the window."""
+    first = oldest if oldest is not None else math.floor(now / size)
+    return max((first + BUCKETS) * size - now, 0.0)
+
+
+class MemoryStore:
+    """The counters of one process (redis.url null): limits hold per process, not across replicas."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, _Window] = defaultdict(_Window)
+        self.tokens: dict[str, _Window] = defaultdict(_Window)
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.budgets: dict[tuple[str, str], int] = defaultdict(int)
+        self.usage_by_hour: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    async def admit(self, quota: Quota, window: float) -> Verdict:
+        now = time.time()
+        size = window / BUCKETS
+        bucket = math.floor(now / size)
+        requests, oldest_request = self.requests[quota.counter].used(bucket)
+        tokens, oldest_token = self.tokens[quota.counter].used(bucket)
+        refused = None
+        if quota.rpm is not None and requests + 1 > quota.rpm:
+            refused = RPM
+        elif quota.tpm is not None and tokens >= quota.tpm:
+            refused = TPM
+        elif quota.max_concurrent is not None and self.in_flight[quota.counter] >= quota.max_concurrent:
+            refused = CONCURRENCY
+        elif quota.budget is not None and self.budgets[(quota.counter, quota.budget_period)] >= quota.budget:
+            refused = BUDGET
+        if refused is None:
+            if quota.rpm is not None:
+                self.requests[quota.counter].add(bucket, 1)
+                requests += 1
+                oldest_request = bucket if oldest_request is None else oldest_request
+            if quota.tpm is not None:
+                self.tokens[quota.counter].add(bucket, quota.estimate)
+                tokens += quota.estimate
+            if quota.max_concurrent is not None:
+                self.in_flight[quota.counter] += 1
+        return Verdict(refused, requests, reset_after(oldest_request, now, size), tokens,
+                       reset_after(oldest_token, now, size), bucket)
+
+    async def settle(self, s: Settlement, window: float, usage_ttl: int) -> None:
+        q = s.quota
+        if s.bucket is not None:
+            if q.tpm is not None:
+                now_bucket = math.floor(time.time() / (window / BUCKETS))
+                self.tokens[q.counter].add(s.bucket, -q.estimate)
+                self.tokens[q.counter].add(now_bucket, s.prompt_tokens + s.completion_tokens)
+            if q.max_concurrent is not None:
+                self.in_flight[q.counter] = max(self.in_flight[q.counter] - 1, 0)
+            if q.budget is not None:
+                self.budgets[(q.counter, q.budget_period)] += s.prompt_tokens + s.completion_tokens
+        figures = self.usage_by_hour[s.hour]
+        prefix = f"{s.key_name}{SEP}{s.model}{SEP}"
+        figures[prefix + "requests"] += 1
+        figures[prefix + "prompt_tokens"] += s.prompt_tokens
+        figures[prefix + "completion_tokens"] += s.completion_tokens
+        figures[prefix + "errors"] += int(s.error)
+        for hour in [h for h in self.usage_by_hour if h < s.hour - usage_ttl]:
+            del self.usage_by_hour[hour]
+
+    async def usage(self, hours: list[int]) -> list[UsageRow]:
+        return [row for h in hours if h in self.usage_by_hour for row in usage_rows(h, self.usage_by_hour[h])]
+
+    async def ping(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,293 @@
+"""Per-key rate limits, budgets and usage (issue #12): checked before a worker is chosen, charged when the
+answer's usage is known. The counters are in wrapper/counters.py (memory) or wrapper/redis_store.py.
+
+An unreachable Redis never holds requests up: each call gives up after `redis.timeout`, the first failure
+opens a circuit (logged once, counted in `outages`), and while it is open no call is tried; a background
+probe closes it as soon as Redis answers again. Meanwhile requests go through unchecked (fail open) or
+get 503 (`redis.fail_closed`).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from typing import TypeVar
+
+import orjson
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from common import wire
+from common.errors import OpenAIError, Unavailable, insufficient_quota, rate_limit_exceeded
+from common.http import SSEResponse
+from common.settings import ApiKey, Settings, secret
+
+from .counters import BUDGET, CONCURRENCY, RPM, TPM, MemoryStore, Quota, Settlement, Store, UsageRow, Verdict
+from .usage import StreamUsage, TokenUsage, from_json_answer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ESTIMATE_BYTES_PER_TOKEN = 4  # a request's tokens are estimated from its size until its usage is known
+_STORE_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+def key_name(key: ApiKey) -> str:
+    """The name usage is kept under: never the key itself."""
+    return key.name or f"key-{key.digest.hex()[:8]}"
+
+
+def _budget_period(per: str, now: float) -> tuple[str, int]:
+    """The budget counter's calendar period (UTC) and how long to keep it."""
+    day = dt.datetime.fromtimestamp(now, dt.UTC)
+    return (f"d{day:%Y-%m-%d}", 2 * 86400) if per == "day" else (f"m{day:%Y-%m}", 32 * 86400)
+
+
+class Limiter:
+    """One per wrapper process, created at start-up; `admit` is called once per authenticated request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.redis
+        self.window = settings.wrapper.rate_window
+        self.usage_ttl = settings.wrapper.usage_days * 86400 + 3600
+        self.url = secret(settings.redis.url)
+        self.store: Store = MemoryStore()
+        self.down = False  # the circuit: Redis failed and has not answered a probe since
+        self.outages = 0  # times Redis became unreachable (for /health; #10's /metrics may export it)
+        self.unchecked = 0  # requests let through unchecked while it was (fail open)
+        self._probe: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self.url else "memory"
+
+    async def start(self) -> None:
+        if self.url:
+            from .redis_store import RedisStore  # only a wrapper configured with Redis needs redis-py loaded
+            self.store = RedisStore(self.url, self.settings.timeout, self.settings.prefix)
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    # ---- the circuit --------------------------------------------------------------------------------
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """The store's answer, or None when it is unreachable (now, or since a failure not yet probed)."""
+        if self.down:
+            return None
+        try:
+            async with asyncio.timeout(self.settings.timeout * 4):  # a backstop: the socket timeouts come first
+                return await call()
+        except _STORE_FAILURES as exc:
+            self._went_down(exc)
+            return None
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self.down:
+            return
+        self.down = True
+        self.outages += 1
+        mode = "answering 503" if self.settings.fail_closed else "letting requests through unchecked"
+        log.error("Redis unreachable (%s: %s): rate limits and usage are not kept; %s until it is back",
+                  type(exc).__name__, exc, mode)
+        self._probe = asyncio.get_running_loop().create_task(self._wait_for_store())
+
+    async def _wait_for_store(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.retry_interval)
+            try:
+                async with asyncio.timeout(self.settings.timeout * 4):
+                    await self.store.ping()
+            except _STORE_FAILURES:
+                continue
+            self.down = False
+            log.warning("Redis is back: rate limits and usage apply again")
+            return
+
+    def _unreachable(self) -> None:
+        """Admission without the store: 503 if fail-closed, else let it through (counted)."""
+        if self.settings.fail_closed:
+            raise Unavailable("The rate limiter is unavailable; try again shortly.", code="rate_limiter_unavailable",
+                              headers={"Retry-After": "1"})
+        self.unchecked += 1
+
+    # ---- requests -----------------------------------------------------------------------------------
+
+    async def admit(self, key: ApiKey | None, model: str, raw: bytes, stream: bool) -> Ticket | None:
+        """The request's ticket (None for an open wrapper); raises 429 over a limit or budget."""
+        if key is None:
+            return None
+        now = time.time()
+        period, period_ttl = _budget_period(key.budget.per, now) if key.budget is not None else ("", 0)
+        quota = Quota(key.digest.hex()[:16], key.rpm, key.tpm, key.max_concurrent,
+                      key.budget.tokens if key.budget is not None else None, period, period_ttl,
+                      len(raw) // ESTIMATE_BYTES_PER_TOKEN if key.tpm is not None else 0)
+        # a stream's tokens are known only from its usage chunk: ask for it when the client did not
+        strip_usage = stream and not wire.include_usage(orjson.loads(raw))
+        ticket = Ticket(self, key, model, quota, wire.with_include_usage(raw) if strip_usage else raw, strip_usage,
+                        int(now // 3600 * 3600))
+        if not key.limited:
+            return ticket
+        store = self.store
+        verdict = await self._call(lambda: store.admit(quota, self.window))
+        if verdict is None:
+            self._unreachable()
+            ticket.admitted = False
+            return ticket
+        ticket.bucket = verdict.bucket
+        ticket.headers = self._headers(key, verdict)
+        if verdict.refused is not None:
+            ticket.admitted = False
+            await ticket.finish(None, error=True)
+            raise self._refusal(key, verdict, ticket.headers)
+        return ticket
+
+    @staticmethod
+    def _headers(key: ApiKey, verdict: Verdict) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if key.rpm is not None:
+            headers.update(wire.ratelimit_headers("requests", key.rpm, key.rpm - verdict.requests,
+                                                  verdict.requests_reset))
+        if key.tpm is not None:
+            headers.update(wire.ratelimit_headers("tokens", key.tpm, key.tpm - verdict.tokens, verdict.tokens_reset))
+        return headers
+
+    @staticmethod
+    def _refusal(key: ApiKey, verdict: Verdict, headers: dict[str, str]) -> OpenAIError:
+        name = key_name(key)
+        if verdict.refused == BUDGET:
+            assert key.budget is not None
+            return insufficient_quota(f"Key '{name}' has used its budget of {key.budget.tokens} tokens per "
+                                      f"{key.budget.per}.", headers)
+        if verdict.refused == RPM:
+            what, wait = f"requests per minute (RPM): limit {key.rpm}", verdict.requests_reset
+        elif verdict.refused == TPM:
+            what, wait = f"tokens per minute (TPM): limit {key.tpm}, used {verdict.tokens}", verdict.tokens_reset
+        else:
+            assert verdict.refused == CONCURRENCY
+            what, wait = f"concurrent requests: limit {key.max_concurrent}", 1.0
+        return rate_limit_exceeded(f"Rate limit reached for key '{name}' on {what}. Please try again in "
+                                   f"{wire.duration(wait)}.", {**headers, **wire.retry_after_headers(wait)})
+
+    async def record(self, settlement: Settlement) -> None:
+        store = self.store
+        await self._call(lambda: store.settle(settlement, self.window, self.usage_ttl))
+
+    def record_soon(self, settlement: Settlement) -> None:
+        """`record` in a task of its own: for a response that ends outside any coroutine."""
+        task = asyncio.get_running_loop().create_task(self.record(settlement))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def usage(self, start: int, end: int, key_name: str | None, model: str | None) -> list[UsageRow]:
+        """The hourly rows from the hour of `start` up to `end` (unix times), filtered."""
+        hours = list(range(start // 3600 * 3600, end, 3600))[-24 * 400:]  # at most a bit over a year
+        store = self.store
+        rows = await self._call(lambda: store.usage(hours))
+        if rows is None:
+            raise Unavailable("The usage store is unavailable; try again shortly.", code="usage_unavailable",
+                              headers={"Retry-After": "1"})
+        return sorted((r for r in rows if (key_name is None or r.key_name == key_name)
+                       and (model is None or r.model == model)), key=lambda r: (r.hour, r.key_name, r.model))
+
+
+class Ticket:
+    """One admitted request of a key: the body to send on, the headers for its answer, and its settlement
+    once the answer's usage is known (exactly once, however the answer ends)."""
+
+    def __init__(self, limiter: Limiter, key: ApiKey, model: str, quota: Quota, body: bytes, strip_usage: bool,
+                 hour: int) -> None:
+        self.limiter = limiter
+        self.key = key
+        self.model = model
+        self.quota = quota
+        self.body = body
+        self.strip_usage = strip_usage  # the usage chunk was asked for by the wrapper, not the client
+        self.hour = hour
+        self.headers: dict[str, str] = {}
+        self.admitted = True  # counters were taken (and so are given back)
+        self.bucket: int | None = None
+        self.finished = False
+
+    def _settlement(self, usage: TokenUsage | None, error: bool) -> Settlement:
+        usage = usage or TokenUsage(0, 0)
+        return Settlement(self.quota, self.bucket if self.admitted and self.key.limited else None,
+                          usage.prompt_tokens, usage.completion_tokens, error, key_name(self.key), self.model,
+                          self.hour)
+
+    async def finish(self, usage: TokenUsage | None, error: bool) -> None:
+        if not self.finished:
+            self.finished = True
+            await self.limiter.record(self._settlement(usage, error))
+
+    def finish_soon(self, usage: TokenUsage | None, error: bool) -> None:
+        if not self.finished:
+            self.finished = True
+            self.limiter.record_soon(self._settlement(usage, error))
+
+    async def settle(self, relay: Awaitable[Response]) -> Response:
+        """The relayed answer with the key's headers, charged once its usage is known."""
+        try:
+            response = await relay
+        except OpenAIError as exc:
+            exc.headers.update(self.headers)
+            await self.finish(None, error=True)
+            raise
+        except BaseException:
+            self.finish_soon(None, error=True)
+            raise
+        response.raw_headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
+        if isinstance(response, SSEResponse):
+            response.chunks = self._metered(response.chunks)
+            on_close = response.on_close
+
+            def close() -> None:  # a stream that never started is settled here
+                if on_close is not None:
+                    on_close()
+                self.finish_soon(None, error=True)
+
+            response.on_close = close
+        else:
+            ok = response.status_code == 200
+            await self.finish(from_json_answer(bytes(response.body)) if ok else None, error=not ok)
+        return response
+
+    async def _metered(self, chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        meter = StreamUsage()
+        pending = b""  # an unfinished event, held while the wrapper's own usage chunk may be in it
+        try:
+            async with aclosing(chunks) as source:
+                async for chunk in source:
+                    meter.feed(chunk)
+                    if self.strip_usage:
+                        chunk, pending = _without_usage_chunk(pending + chunk)
+                    if chunk:
+                        yield chunk
+            if pending:
+                yield pending
+        finally:
+            # settled before the stream's end reaches the client, so its next request sees the charge
+            task = asyncio.ensure_future(self.finish(meter.usage, error=False))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+
+def _without_usage_chunk(data: bytes) -> tuple[bytes, bytes]:
+    """(whole events of `data` less the usage-only chunk, the unfinished rest)."""
+    end = data.rfind(b"\n\n")
+    if end < 0:
+        return b"", data
+    events = data[:end + 2]
+    if b'"usage"' in events:
+        events = b"".join(e + b"\n\n" for e in events[:-2].split(b"\n\n") if not wire.is_usage_chunk(e))
+    return events, data[end + 2:]

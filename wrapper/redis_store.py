@@ -1,0 +1,163 @@
+"""The counters of wrapper/counters.py in one Redis that every wrapper replica shares: each admission and
+each settlement is one atomic Lua script, one round trip. No rate-limit library is used: `limits` (the
+best kept one with Redis storage) has no way to charge tokens after the answer, nor concurrency or
+calendar budgets, and its moving window stores one entry per request (a TPM of 100k would be 100k
+entries); see docs/keys-and-limits.md."""
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .counters import BUCKETS, CONCURRENCY_TTL_MS, REFUSALS, SEP, Quota, Settlement, UsageRow, Verdict, usage_rows
+
+# the live sum and oldest bucket of a window hash (bucket -> count), dropping the buckets that left it
+_WINDOW = """
+local function window(key, now_bucket)
+  local used, oldest = 0, nil
+  local h = redis.call('HGETALL', key)
+  for i = 1, #h, 2 do
+    local b = tonumber(h[i])
+    if b <= now_bucket - __BUCKETS__ then
+      redis.call('HDEL', key, h[i])
+    else
+      used = used + tonumber(h[i + 1])
+      if oldest == nil or b < oldest then oldest = b end
+    end
+  end
+  return used, oldest
+end
+local function clock(size)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  return now, math.floor(now / size)
+end
+local function reset_ms(oldest, now_bucket, now, size)
+  local first = oldest or now_bucket
+  return math.max(math.floor(((first + __BUCKETS__) * size - now) * 1000), 0)
+end
+""".replace("__BUCKETS__", str(BUCKETS))
+
+# KEYS: requests window, tokens window, in flight, budget counter
+# ARGV: bucket size (s), rpm, tpm, max_concurrent, budget (0 = unlimited), estimate, window ttl (ms),
+#       in-flight ttl (ms)
+_ADMIT = _WINDOW + """
+local size = tonumber(ARGV[1])
+local rpm, tpm, conc, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local estimate, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local now, b = clock(size)
+local requests, oldest_r = window(KEYS[1], b)
+local tokens, oldest_t = window(KEYS[2], b)
+local refused = 0
+if rpm > 0 and requests + 1 > rpm then refused = 1
+elseif tpm > 0 and tokens >= tpm then refused = 2
+elseif conc > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= conc then refused = 3
+elseif budget > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= budget then refused = 4
+end
+if refused == 0 then
+  if rpm > 0 then
+    redis.call('HINCRBY', KEYS[1], b, 1)
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    requests = requests + 1
+    oldest_r = oldest_r or b
+  end
+  if tpm > 0 then
+    redis.call('HINCRBY', KEYS[2], b, estimate)
+    redis.call('PEXPIRE', KEYS[2], ttl)
+    tokens = tokens + estimate
+  end
+  if conc > 0 then
+    redis.call('INCR', KEYS[3])
+    redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[8]))
+  end
+end
+return {refused, requests, reset_ms(oldest_r, b, now, size), tokens, reset_ms(oldest_t, b, now, size), b}
+"""
+
+# KEYS: tokens window, in flight, budget counter, the hour's usage hash
+# ARGV: bucket size, admitted bucket (-1: not admitted), estimate, tokens used, tpm?, conc?, budget?,
+#       budget ttl (s), usage field prefix, prompt, completion, error, usage ttl (s), window ttl (ms)
+_SETTLE = _WINDOW + """
+local admitted = tonumber(ARGV[2])
+local used = tonumber(ARGV[4])
+if admitted >= 0 then
+  if ARGV[5] == '1' then
+    local now, b = clock(tonumber(ARGV[1]))
+    redis.call('HINCRBY', KEYS[1], admitted, -tonumber(ARGV[3]))
+    redis.call('HINCRBY', KEYS[1], b, used)
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[14]))
+  end
+  if ARGV[6] == '1' and tonumber(redis.call('DECR', KEYS[2])) < 0 then redis.call('SET', KEYS[2], 0) end
+  if ARGV[7] == '1' and used > 0 then
+    redis.call('INCRBY', KEYS[3], used)
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
+  end
+end
+local p = ARGV[9]
+redis.call('HINCRBY', KEYS[4], p .. 'requests', 1)
+redis.call('HINCRBY', KEYS[4], p .. 'prompt_tokens', tonumber(ARGV[10]))
+redis.call('HINCRBY', KEYS[4], p .. 'completion_tokens', tonumber(ARGV[11]))
+redis.call('HINCRBY', KEYS[4], p .. 'errors', tonumber(ARGV[12]))
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[13]))
+return 0
+"""
+
+
+def client(url: str, timeout: float) -> Redis:
+    """A pooled client that gives up after `timeout` on connect or read and never retries by itself: the
+    Limiter decides what an unreachable Redis means."""
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                          retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+
+
+class RedisStore:
+    def __init__(self, url: str, timeout: float, prefix: str) -> None:
+        self.redis = client(url, timeout)
+        self.prefix = prefix
+        self._admit = self.redis.register_script(_ADMIT)
+        self._settle = self.redis.register_script(_SETTLE)
+
+    def _keys(self, counter: str) -> tuple[str, str, str]:
+        # one hash tag per key: the keys of one script stay on one node should a cluster proxy split them
+        base = f"{self.prefix}{{{counter}}}"
+        return f"{base}:requests", f"{base}:tokens", f"{base}:in_flight"
+
+    def _budget_key(self, quota: Quota) -> str:
+        return f"{self.prefix}{{{quota.counter}}}:budget:{quota.budget_period}"
+
+    def _usage_key(self, hour: int) -> str:
+        return f"{self.prefix}usage:{hour}"
+
+    async def admit(self, quota: Quota, window: float) -> Verdict:
+        requests, tokens, in_flight = self._keys(quota.counter)
+        out = await self._admit(keys=[requests, tokens, in_flight, self._budget_key(quota)], args=[
+            window / BUCKETS, quota.rpm or 0, quota.tpm or 0, quota.max_concurrent or 0, quota.budget or 0,
+            quota.estimate, int(window * 2000), CONCURRENCY_TTL_MS])
+        code, used_r, reset_r, used_t, reset_t, bucket = (int(v) for v in out)
+        return Verdict(REFUSALS[code], used_r, reset_r / 1000, used_t, reset_t / 1000, bucket)
+
+    async def settle(self, s: Settlement, window: float, usage_ttl: int) -> None:
+        q = s.quota
+        _, tokens, in_flight = self._keys(q.counter)
+        await self._settle(keys=[tokens, in_flight, self._budget_key(q), self._usage_key(s.hour)], args=[
+            window / BUCKETS, -1 if s.bucket is None else s.bucket, q.estimate,
+            s.prompt_tokens + s.completion_tokens, int(q.tpm is not None), int(q.max_concurrent is not None),
+            int(q.budget is not None), q.budget_ttl, f"{s.key_name}{SEP}{s.model}{SEP}", s.prompt_tokens,
+            s.completion_tokens, int(s.error), usage_ttl, int(window * 2000)])
+
+    async def usage(self, hours: list[int]) -> list[UsageRow]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for hour in hours:
+                pipe.hgetall(self._usage_key(hour))
+            answers = await pipe.execute()
+        rows: list[UsageRow] = []
+        for hour, fields in zip(hours, answers, strict=True):
+            rows += usage_rows(hour, {k.decode(): int(v) for k, v in fields.items()})
+        return rows
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
