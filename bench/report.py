@@ -5,13 +5,16 @@ import json
 import sys
 from pathlib import Path
 
-PATH_ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "starlette-min"]
+PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-key", "wrapper-limited", "litellm", "wrapper-2proc",
+              "starlette-min"]
 PATH_LABEL = {
     "direct": "direct → worker (EchoGen)",
     "nginx": "nginx → worker",
     "wrapper": "wrapper → worker",
     "litellm": "LiteLLM proxy → worker",
     "wrapper-2proc": "wrapper --processes 2 → worker",
+    "wrapper-key": "wrapper, a key without limits (usage in Redis) → worker",
+    "wrapper-limited": "wrapper, a key with rpm/tpm/max_concurrent (Redis) → worker",
     "starlette-min": "minimal Starlette endpoint (no worker)",
 }
 

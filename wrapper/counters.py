@@ -10,7 +10,8 @@ shares. Both stores keep the same figures the same way:
 - usage per key name, model and hour: requests, prompt tokens, completion tokens, errors.
 
 Redis: each admission and each settlement is one atomic Lua script (one round trip), timed by Redis'
-own clock so replicas with skewed clocks agree.
+own clock so replicas with skewed clocks agree. A settlement is needed only for a key with tpm,
+max_concurrent or a budget; usage is added up in each process and written once a second (`add_usage`).
 """
 from __future__ import annotations
 
@@ -80,9 +81,14 @@ class UsageRow:
     errors: int
 
 
+UsageKey = tuple[int, str, str]  # (hour, key name, model)
+UsageFigures = dict[UsageKey, list[int]]  # -> requests, prompt tokens, completion tokens, errors
+
+
 class Store(Protocol):
     async def admit(self, quota: Quota, window: float) -> Verdict: ...
-    async def settle(self, s: Settlement, window: float, usage_ttl: int) -> None: ...
+    async def settle(self, s: Settlement, window: float) -> None: ...
+    async def add_usage(self, figures: UsageFigures, ttl: int) -> bool: ...  # True once written
     async def usage(self, hours: list[int]) -> list[UsageRow]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
@@ -157,25 +163,28 @@ class MemoryStore:
         return Verdict(refused, requests, reset_after(oldest_request, now, size), tokens,
                        reset_after(oldest_token, now, size), bucket)
 
-    async def settle(self, s: Settlement, window: float, usage_ttl: int) -> None:
+    async def settle(self, s: Settlement, window: float) -> None:
         q = s.quota
-        if s.bucket is not None:
-            if q.tpm is not None:
-                now_bucket = math.floor(time.time() / (window / BUCKETS))
-                self.tokens[q.counter].add(s.bucket, -q.estimate)
-                self.tokens[q.counter].add(now_bucket, s.prompt_tokens + s.completion_tokens)
-            if q.max_concurrent is not None:
-                self.in_flight[q.counter] = max(self.in_flight[q.counter] - 1, 0)
-            if q.budget is not None:
-                self.budgets[(q.counter, q.budget_period)] += s.prompt_tokens + s.completion_tokens
-        figures = self.usage_by_hour[s.hour]
-        prefix = f"{s.key_name}{SEP}{s.model}{SEP}"
-        figures[prefix + "requests"] += 1
-        figures[prefix + "prompt_tokens"] += s.prompt_tokens
-        figures[prefix + "completion_tokens"] += s.completion_tokens
-        figures[prefix + "errors"] += int(s.error)
-        for hour in [h for h in self.usage_by_hour if h < s.hour - usage_ttl]:
+        if s.bucket is None:
+            return
+        if q.tpm is not None:
+            now_bucket = math.floor(time.time() / (window / BUCKETS))
+            self.tokens[q.counter].add(s.bucket, -q.estimate)
+            self.tokens[q.counter].add(now_bucket, s.prompt_tokens + s.completion_tokens)
+        if q.max_concurrent is not None:
+            self.in_flight[q.counter] = max(self.in_flight[q.counter] - 1, 0)
+        if q.budget is not None:
+            self.budgets[(q.counter, q.budget_period)] += s.prompt_tokens + s.completion_tokens
+
+    async def add_usage(self, figures: UsageFigures, ttl: int) -> bool:
+        for (hour, name, model), counts in figures.items():
+            fields = self.usage_by_hour[hour]
+            for figure, count in zip(USAGE_FIELDS, counts, strict=True):
+                fields[f"{name}{SEP}{model}{SEP}{figure}"] += count
+        oldest = time.time() - ttl
+        for hour in [h for h in self.usage_by_hour if h < oldest]:
             del self.usage_by_hour[hour]
+        return True
 
     async def usage(self, hours: list[int]) -> list[UsageRow]:
         return [row for h in hours if h in self.usage_by_hour for row in usage_rows(h, self.usage_by_hour[h])]

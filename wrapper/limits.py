@@ -26,13 +26,26 @@ from common.errors import OpenAIError, Unavailable, insufficient_quota, rate_lim
 from common.http import SSEResponse
 from common.settings import ApiKey, Settings, secret
 
-from .counters import BUDGET, CONCURRENCY, RPM, TPM, MemoryStore, Quota, Settlement, Store, UsageRow, Verdict
+from .counters import (
+    BUDGET,
+    CONCURRENCY,
+    RPM,
+    TPM,
+    MemoryStore,
+    Quota,
+    Settlement,
+    Store,
+    UsageFigures,
+    UsageRow,
+    Verdict,
+)
 from .usage import StreamUsage, TokenUsage, from_json_answer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ESTIMATE_BYTES_PER_TOKEN = 4  # a request's tokens are estimated from its size until its usage is known
+USAGE_FLUSH = 1.0  # seconds between two writes of a process's usage figures to the store
 _STORE_FAILURES = (RedisError, OSError, TimeoutError)
 
 
@@ -60,7 +73,9 @@ class Limiter:
         self.outages = 0  # times Redis became unreachable (for /health; #10's /metrics may export it)
         self.unchecked = 0  # requests let through unchecked while it was (fail open)
         self._probe: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._usage: UsageFigures = {}  # added up here, written once a second: no store call per request for it
 
     @property
     def backend(self) -> str:
@@ -70,14 +85,40 @@ class Limiter:
         if self.url:
             from .redis_store import RedisStore  # only a wrapper configured with Redis needs redis-py loaded
             self.store = RedisStore(self.url, self.settings.timeout, self.settings.prefix)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_every_second())
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in (self._probe, self._flusher):
+            if task is not None:
+                task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+        await self.flush_usage()
         await self.store.close()
+
+    async def _flush_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH)
+            await self.flush_usage()
+
+    async def flush_usage(self) -> None:
+        """Write the usage added up since the last flush; kept for the next one if the store is down."""
+        if not self._usage or self.down:
+            return
+        figures, self._usage = self._usage, {}
+        store = self.store
+        if await self._call(lambda: store.add_usage(figures, self.usage_ttl)) is None:
+            for key, counts in figures.items():  # merged back: written once the store is back
+                self._add(key, counts)
+
+    def _add(self, key: tuple[int, str, str], counts: list[int]) -> None:
+        got = self._usage.get(key)
+        if got is None:
+            self._usage[key] = list(counts)
+        else:
+            for i, n in enumerate(counts):
+                got[i] += n
 
     # ---- the circuit --------------------------------------------------------------------------------
 
@@ -180,8 +221,12 @@ class Limiter:
                                    f"{wire.duration(wait)}.", {**headers, **wire.retry_after_headers(wait)})
 
     async def record(self, settlement: Settlement) -> None:
-        store = self.store
-        await self._call(lambda: store.settle(settlement, self.window, self.usage_ttl))
+        s = settlement
+        self._add((s.hour, s.key_name, s.model), [1, s.prompt_tokens, s.completion_tokens, int(s.error)])
+        q = s.quota
+        if s.bucket is not None and (q.tpm is not None or q.max_concurrent is not None or q.budget is not None):
+            store = self.store
+            await self._call(lambda: store.settle(s, self.window))
 
     def record_soon(self, settlement: Settlement) -> None:
         """`record` in a task of its own: for a response that ends outside any coroutine."""
@@ -191,7 +236,10 @@ class Limiter:
 
     async def usage(self, start: int, end: int, key_name: str | None, model: str | None) -> list[UsageRow]:
         """The hourly rows from the hour of `start` up to `end` (unix times), filtered."""
-        hours = list(range(start // 3600 * 3600, end, 3600))[-24 * 400:]  # at most a bit over a year
+        now = int(time.time())
+        start, end = max(start, now - self.usage_ttl), min(end, now + 3600)  # only hours that can have figures
+        hours = list(range(start // 3600 * 3600, end, 3600))
+        await self.flush_usage()  # this process's latest figures; other replicas' are at most USAGE_FLUSH old
         store = self.store
         rows = await self._call(lambda: store.usage(hours))
         if rows is None:

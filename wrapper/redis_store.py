@@ -9,7 +9,19 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .counters import BUCKETS, CONCURRENCY_TTL_MS, REFUSALS, SEP, Quota, Settlement, UsageRow, Verdict, usage_rows
+from .counters import (
+    BUCKETS,
+    CONCURRENCY_TTL_MS,
+    REFUSALS,
+    SEP,
+    USAGE_FIELDS,
+    Quota,
+    Settlement,
+    UsageFigures,
+    UsageRow,
+    Verdict,
+    usage_rows,
+)
 
 # the live sum and oldest bucket of a window hash (bucket -> count), dropping the buckets that left it
 _WINDOW = """
@@ -74,31 +86,23 @@ end
 return {refused, requests, reset_ms(oldest_r, b, now, size), tokens, reset_ms(oldest_t, b, now, size), b}
 """
 
-# KEYS: tokens window, in flight, budget counter, the hour's usage hash
-# ARGV: bucket size, admitted bucket (-1: not admitted), estimate, tokens used, tpm?, conc?, budget?,
-#       budget ttl (s), usage field prefix, prompt, completion, error, usage ttl (s), window ttl (ms)
+# KEYS: tokens window, in flight, budget counter
+# ARGV: bucket size, admitted bucket, estimate, tokens used, tpm?, conc?, budget?, budget ttl (s),
+#       window ttl (ms)
 _SETTLE = _WINDOW + """
 local admitted = tonumber(ARGV[2])
 local used = tonumber(ARGV[4])
-if admitted >= 0 then
-  if ARGV[5] == '1' then
-    local now, b = clock(tonumber(ARGV[1]))
-    redis.call('HINCRBY', KEYS[1], admitted, -tonumber(ARGV[3]))
-    redis.call('HINCRBY', KEYS[1], b, used)
-    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[14]))
-  end
-  if ARGV[6] == '1' and tonumber(redis.call('DECR', KEYS[2])) < 0 then redis.call('SET', KEYS[2], 0) end
-  if ARGV[7] == '1' and used > 0 then
-    redis.call('INCRBY', KEYS[3], used)
-    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
-  end
+if ARGV[5] == '1' then
+  local now, b = clock(tonumber(ARGV[1]))
+  redis.call('HINCRBY', KEYS[1], admitted, -tonumber(ARGV[3]))
+  redis.call('HINCRBY', KEYS[1], b, used)
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[9]))
 end
-local p = ARGV[9]
-redis.call('HINCRBY', KEYS[4], p .. 'requests', 1)
-redis.call('HINCRBY', KEYS[4], p .. 'prompt_tokens', tonumber(ARGV[10]))
-redis.call('HINCRBY', KEYS[4], p .. 'completion_tokens', tonumber(ARGV[11]))
-redis.call('HINCRBY', KEYS[4], p .. 'errors', tonumber(ARGV[12]))
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[13]))
+if ARGV[6] == '1' and tonumber(redis.call('DECR', KEYS[2])) < 0 then redis.call('SET', KEYS[2], 0) end
+if ARGV[7] == '1' and used > 0 then
+  redis.call('INCRBY', KEYS[3], used)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
+end
 return 0
 """
 
@@ -136,14 +140,26 @@ class RedisStore:
         code, used_r, reset_r, used_t, reset_t, bucket = (int(v) for v in out)
         return Verdict(REFUSALS[code], used_r, reset_r / 1000, used_t, reset_t / 1000, bucket)
 
-    async def settle(self, s: Settlement, window: float, usage_ttl: int) -> None:
+    async def settle(self, s: Settlement, window: float) -> None:
         q = s.quota
+        if s.bucket is None:
+            return
         _, tokens, in_flight = self._keys(q.counter)
-        await self._settle(keys=[tokens, in_flight, self._budget_key(q), self._usage_key(s.hour)], args=[
-            window / BUCKETS, -1 if s.bucket is None else s.bucket, q.estimate,
-            s.prompt_tokens + s.completion_tokens, int(q.tpm is not None), int(q.max_concurrent is not None),
-            int(q.budget is not None), q.budget_ttl, f"{s.key_name}{SEP}{s.model}{SEP}", s.prompt_tokens,
-            s.completion_tokens, int(s.error), usage_ttl, int(window * 2000)])
+        await self._settle(keys=[tokens, in_flight, self._budget_key(q)], args=[
+            window / BUCKETS, s.bucket, q.estimate, s.prompt_tokens + s.completion_tokens, int(q.tpm is not None),
+            int(q.max_concurrent is not None), int(q.budget is not None), q.budget_ttl, int(window * 2000)])
+
+    async def add_usage(self, figures: UsageFigures, ttl: int) -> bool:
+        """A second's usage of this process, in one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (hour, name, model), counts in figures.items():
+                for figure, count in zip(USAGE_FIELDS, counts, strict=True):
+                    if count:
+                        pipe.hincrby(self._usage_key(hour), f"{name}{SEP}{model}{SEP}{figure}", count)
+            for hour in {hour for hour, _, _ in figures}:
+                pipe.expire(self._usage_key(hour), ttl)
+            await pipe.execute()
+        return True
 
     async def usage(self, hours: list[int]) -> list[UsageRow]:
         async with self.redis.pipeline(transaction=False) as pipe:

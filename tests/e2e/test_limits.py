@@ -26,9 +26,9 @@ FREE_KEY = "sk-free-limits-0123456789"  # configured, no limits: the reference f
 
 class Stack:
     def __init__(self, consul: Consul, redis: RedisServer, a: Server, b: Server, quick: Server, model: str,
-                 prefix: str, config: str) -> None:
+                 slow_model: str, prefix: str, config: str) -> None:
         self.consul, self.redis, self.a, self.b, self.quick = consul, redis, a, b, quick
-        self.model, self.prefix, self.config = model, prefix, config
+        self.model, self.slow_model, self.prefix, self.config = model, slow_model, prefix, config
 
     def put_key(self, name: str, **limits) -> str:
         """A new key in KV (as the admin command writes it), once both replicas accept it."""
@@ -54,7 +54,7 @@ def chat_body(model: str, text: str = "alpha beta gamma", **extra) -> dict:
 @pytest.fixture(scope="module")
 def stack(module_procs, consul, tmp_path_factory) -> Stack:
     redis = RedisServer(module_procs)
-    model = unique_model("limits")
+    model, slow_model = unique_model("limits"), unique_model("slow")
     prefix = f"oaw-e2e-{uuid.uuid4().hex[:8]}/keys/"
     folder = tmp_path_factory.mktemp("limits")
     keys = (f"  api_keys:\n    - {{key: {ADMIN_KEY}, name: admin, admin: true}}\n"
@@ -64,11 +64,13 @@ def stack(module_procs, consul, tmp_path_factory) -> Stack:
     quick = folder / "quick.yaml"
     quick.write_text(f"wrapper:\n{keys}  rate_window: 3\nredis:\n  fail_closed: true\n")
     start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", model)
+    start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", slow_model, "--delay", "0.2")
     env = {"REDIS_URL": redis.url}
     a, b, q = (start_wrapper(module_procs, consul, "--config", str(path), env=env) for path in (pair, pair, quick))
     for wrapper in (a, b, q):
-        wait_until(lambda w=wrapper: routable(w, model, auth(ADMIN_KEY)), 10, f"{model} routable")
-    return Stack(consul, redis, a, b, q, model, prefix, str(pair))
+        wait_until(lambda w=wrapper: routable(w, model, auth(ADMIN_KEY)) and routable(w, slow_model, auth(ADMIN_KEY)),
+                   10, "models routable")
+    return Stack(consul, redis, a, b, q, model, slow_model, prefix, str(pair))
 
 
 def error_of(body: bytes) -> dict:
@@ -152,6 +154,28 @@ def test_a_token_limit_holds_for_streams_that_did_not_ask_for_usage(stack):
     assert "retry-after" in headers
 
 
+def test_concurrent_requests_over_the_limit_get_429_and_the_slot_comes_back(stack):
+    key = stack.put_key("one-at-a-time", max_concurrent=1)
+    slow = chat_body(stack.slow_model, " ".join(f"w{i}" for i in range(50)), stream=True)
+    with httpx.stream("POST", stack.a.base_url + "/chat/completions", json=slow, headers=auth(key),
+                      timeout=30) as holding:
+        assert holding.status_code == 200
+        next(holding.iter_lines())  # the stream is under way: it holds the key's one slot
+        status, _, body = post(stack.b.base_url + "/chat/completions", chat_body(stack.model), auth(key))
+        assert status == 429 and error_of(body)["code"] == "rate_limit_exceeded"
+    # the client hung up mid-stream: the wrapper gives the slot back
+    wait_until(lambda: post(stack.b.base_url + "/chat/completions", chat_body(stack.model), auth(key))[0] == 200,
+               10, "the slot to be free again")
+
+
+def test_a_key_over_its_token_budget_gets_429_insufficient_quota(stack):
+    key = stack.put_key("budgeted", budget={"tokens": 1, "per": "day"})
+    assert post(stack.a.base_url + "/chat/completions", chat_body(stack.model), auth(key))[0] == 200
+    status, headers, body = post(stack.b.base_url + "/chat/completions", chat_body(stack.model), auth(key))
+    assert status == 429 and error_of(body)["code"] == "insufficient_quota"
+    assert headers["x-should-retry"] == "false"  # the openai SDK does not retry it
+
+
 def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "wrapper.keys_cli", "--config", stack.config, *args], cwd=ROOT,
                           env={"PATH": "/usr/bin:/bin", "CONSUL_HTTP_ADDR": stack.consul.addr},
@@ -207,11 +231,16 @@ def test_usage_figures_for_a_known_sequence_are_exact(stack):
     expected_completion += usage["completion_tokens"]
     assert post(stack.b.base_url + "/chat/completions", chat_body(stack.model), auth(key))[0] == 429  # 5th of 4/min
 
-    rows = admin_usage(stack.a, key_name="counted")
-    assert [(r["key_name"], r["model"]) for r in rows] == [("counted", stack.model)]  # one hour, unless at :00
-    figures = {f: sum(r[f] for r in rows) for f in ("requests", "prompt_tokens", "completion_tokens", "errors")}
-    assert figures == {"requests": 5, "prompt_tokens": expected_prompt, "completion_tokens": expected_completion,
-                       "errors": 1}
+    expected = {"requests": 5, "prompt_tokens": expected_prompt, "completion_tokens": expected_completion, "errors": 1}
+
+    def figures() -> dict[str, int]:
+        rows = admin_usage(stack.a, key_name="counted")
+        assert {(r["key_name"], r["model"]) for r in rows} == {("counted", stack.model)}
+        return {f: sum(r[f] for r in rows) for f in expected}
+
+    # each replica writes its figures once a second: wait for both, then they must be exact
+    wait_until(lambda: figures()["requests"] == 5, 10, "both replicas' usage written")
+    assert figures() == expected
     assert admin_usage(stack.b, key_name="counted", model="other-model") == []
     assert admin_usage(stack.b, key_name="counted", start_time=int(time.time()) + 7200,
                        end_time=int(time.time()) + 9000) == []
