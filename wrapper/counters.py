@@ -62,6 +62,7 @@ class Settlement:
 
     quota: Quota
     bucket: int | None  # None: nothing was admitted (a refusal only counts usage)
+    charge: int  # tokens charged to the key's tpm and budget: the usage, or the estimate when none is known
     prompt_tokens: int
     completion_tokens: int
     error: bool
@@ -170,11 +171,11 @@ class MemoryStore:
         if q.tpm is not None:
             now_bucket = math.floor(time.time() / (window / BUCKETS))
             self.tokens[q.counter].add(s.bucket, -q.estimate)
-            self.tokens[q.counter].add(now_bucket, s.prompt_tokens + s.completion_tokens)
+            self.tokens[q.counter].add(now_bucket, s.charge)
         if q.max_concurrent is not None:
             self.in_flight[q.counter] = max(self.in_flight[q.counter] - 1, 0)
         if q.budget is not None:
-            self.budgets[(q.counter, q.budget_period)] += s.prompt_tokens + s.completion_tokens
+            self.budgets[(q.counter, q.budget_period)] += s.charge
 
     async def add_usage(self, figures: UsageFigures, ttl: int) -> bool:
         for (hour, name, model), counts in figures.items():

@@ -268,8 +268,11 @@ class Ticket:
         self.finished = False
 
     def _settlement(self, usage: TokenUsage | None, error: bool) -> Settlement:
+        # no usage (an error, a client gone mid-stream): the estimate stays charged, so aborting a stream
+        # before its usage chunk does not make its tokens free
+        charge = usage.total if usage is not None else self.quota.estimate
         usage = usage or TokenUsage(0, 0)
-        return Settlement(self.quota, self.bucket if self.admitted and self.key.limited else None,
+        return Settlement(self.quota, self.bucket if self.admitted and self.key.limited else None, charge,
                           usage.prompt_tokens, usage.completion_tokens, error, key_name(self.key), self.model,
                           self.hour)
 

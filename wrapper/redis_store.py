@@ -146,7 +146,7 @@ class RedisStore:
             return
         _, tokens, in_flight = self._keys(q.counter)
         await self._settle(keys=[tokens, in_flight, self._budget_key(q)], args=[
-            window / BUCKETS, s.bucket, q.estimate, s.prompt_tokens + s.completion_tokens, int(q.tpm is not None),
+            window / BUCKETS, s.bucket, q.estimate, s.charge, int(q.tpm is not None),
             int(q.max_concurrent is not None), int(q.budget is not None), q.budget_ttl, int(window * 2000)])
 
     async def add_usage(self, figures: UsageFigures, ttl: int) -> bool:

@@ -81,7 +81,7 @@ def test_the_token_estimate_is_replaced_by_the_real_usage():
         store, q = MemoryStore(), quota(tpm=100, estimate=40)
         first = await store.admit(q, 60)
         assert first.tokens == 40
-        await store.settle(Settlement(q, first.bucket, 5, 5, False, "k", "m", 0), 60)
+        await store.settle(Settlement(q, first.bucket, 10, 5, 5, False, "k", "m", 0), 60)
         return await store.admit(q, 60)
     assert run(go()).tokens == 10 + 40  # the real 10, and the new request's estimate
 
@@ -94,11 +94,11 @@ def test_concurrency_and_budget():
         one = quota(max_concurrent=1)
         first = await store.admit(one, 60)
         assert (await store.admit(one, 60)).refused == "concurrency"
-        await store.settle(Settlement(one, first.bucket, 0, 0, False, "k", "m", 0), 60)
+        await store.settle(Settlement(one, first.bucket, 0, 0, 0, False, "k", "m", 0), 60)
         assert (await store.admit(one, 60)).refused is None
         budget = quota(budget=10)
         admitted = await store.admit(budget, 60)
-        await store.settle(Settlement(budget, admitted.bucket, 6, 4, False, "k", "m", 0), 60)
+        await store.settle(Settlement(budget, admitted.bucket, 10, 6, 4, False, "k", "m", 0), 60)
         return (await store.admit(budget, 60)).refused
     assert run(go()) == "budget"
 
