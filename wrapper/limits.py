@@ -39,6 +39,7 @@ from .counters import (
     UsageRow,
     Verdict,
 )
+from .resp import RespError
 from .usage import StreamUsage, TokenUsage, from_json_answer
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ T = TypeVar("T")
 
 ESTIMATE_BYTES_PER_TOKEN = 4  # a request's tokens are estimated from its size until its usage is known
 USAGE_FLUSH = 1.0  # seconds between two writes of a process's usage figures to the store
-_STORE_FAILURES = (RedisError, OSError, TimeoutError)
+_STORE_FAILURES = (RedisError, RespError, OSError, TimeoutError)
 
 
 def key_name(key: ApiKey) -> str:

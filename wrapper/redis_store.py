@@ -1,9 +1,14 @@
 """The counters of wrapper/counters.py in one Redis that every wrapper replica shares: each admission and
-each settlement is one atomic Lua script, one round trip. No rate-limit library is used: `limits` (the
-best kept one with Redis storage) has no way to charge tokens after the answer, nor concurrency or
-calendar budgets, and its moving window stores one entry per request (a TPM of 100k would be 100k
-entries); see docs/keys-and-limits.md."""
+each settlement is one atomic Lua script, one round trip, through the lean client of wrapper/resp.py
+(redis-py for TLS and unix sockets). No rate-limit library is used: `limits` (the best kept one with
+Redis storage) has no way to charge tokens after the answer, nor concurrency or calendar budgets, and its
+moving window stores one entry per unit of cost (a TPM of 100k would be 100k entries); see
+docs/keys-and-limits.md."""
 from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
@@ -22,6 +27,7 @@ from .counters import (
     Verdict,
     usage_rows,
 )
+from .resp import Arg, RespClient
 
 # the live sum and oldest bucket of a window hash (bucket -> count), dropping the buckets that left it
 _WINDOW = """
@@ -114,12 +120,51 @@ def client(url: str, timeout: float) -> Redis:
                           retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
 
 
+class Transport(Protocol):
+    async def call(self, *args: Arg) -> Any: ...
+    async def close(self) -> None: ...
+
+
+class RedisPy:
+    """redis-py, for the URLs RespClient does not speak (rediss://, unix://)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.redis = client(url, timeout)
+
+    async def call(self, *args: Arg) -> Any:
+        return await self.redis.execute_command(*args)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+class _Script:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, transport: Transport, keys: list[str], args: list[Arg]) -> Any:
+        try:
+            return await transport.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except Exception as exc:  # RespError or redis-py's NoScriptError: a restarted Redis forgot it
+            if "NOSCRIPT" not in str(exc) and type(exc).__name__ != "NoScriptError":
+                raise
+            return await transport.call("EVAL", self.source, len(keys), *keys, *args)
+
+
+def _pairs(reply: Any) -> dict[str, int]:
+    """HGETALL's reply (redis-py makes it a dict, RESP is a flat list) as str -> int."""
+    items = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in items}
+
+
+_ADMIT_SCRIPT, _SETTLE_SCRIPT = _Script(_ADMIT), _Script(_SETTLE)
+
+
 class RedisStore:
     def __init__(self, url: str, timeout: float, prefix: str) -> None:
-        self.redis = client(url, timeout)
+        self.transport: Transport = RespClient.from_url(url, timeout) or RedisPy(url, timeout)
         self.prefix = prefix
-        self._admit = self.redis.register_script(_ADMIT)
-        self._settle = self.redis.register_script(_SETTLE)
 
     def _keys(self, counter: str) -> tuple[str, str, str]:
         # one hash tag per key: the keys of one script stay on one node should a cluster proxy split them
@@ -134,7 +179,7 @@ class RedisStore:
 
     async def admit(self, quota: Quota, window: float) -> Verdict:
         requests, tokens, in_flight = self._keys(quota.counter)
-        out = await self._admit(keys=[requests, tokens, in_flight, self._budget_key(quota)], args=[
+        out = await _ADMIT_SCRIPT(self.transport, [requests, tokens, in_flight, self._budget_key(quota)], [
             window / BUCKETS, quota.rpm or 0, quota.tpm or 0, quota.max_concurrent or 0, quota.budget or 0,
             quota.estimate, int(window * 2000), CONCURRENCY_TTL_MS])
         code, used_r, reset_r, used_t, reset_t, bucket = (int(v) for v in out)
@@ -145,35 +190,29 @@ class RedisStore:
         if s.bucket is None:
             return
         _, tokens, in_flight = self._keys(q.counter)
-        await self._settle(keys=[tokens, in_flight, self._budget_key(q)], args=[
+        await _SETTLE_SCRIPT(self.transport, [tokens, in_flight, self._budget_key(q)], [
             window / BUCKETS, s.bucket, q.estimate, s.charge, int(q.tpm is not None),
             int(q.max_concurrent is not None), int(q.budget is not None), q.budget_ttl, int(window * 2000)])
 
     async def add_usage(self, figures: UsageFigures, ttl: int) -> bool:
-        """A second's usage of this process, in one pipelined round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (hour, name, model), counts in figures.items():
-                for figure, count in zip(USAGE_FIELDS, counts, strict=True):
-                    if count:
-                        pipe.hincrby(self._usage_key(hour), f"{name}{SEP}{model}{SEP}{figure}", count)
-            for hour in {hour for hour, _, _ in figures}:
-                pipe.expire(self._usage_key(hour), ttl)
-            await pipe.execute()
+        """A second's usage of this process, pipelined (the commands go out together)."""
+        calls = [self.transport.call("HINCRBY", self._usage_key(hour), f"{name}{SEP}{model}{SEP}{figure}", count)
+                 for (hour, name, model), counts in figures.items()
+                 for figure, count in zip(USAGE_FIELDS, counts, strict=True) if count]
+        await asyncio.gather(*calls)
+        await asyncio.gather(*(self.transport.call("EXPIRE", self._usage_key(hour), ttl)
+                               for hour in {hour for hour, _, _ in figures}))
         return True
 
     async def usage(self, hours: list[int]) -> list[UsageRow]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for hour in hours:
-                pipe.hgetall(self._usage_key(hour))
-            answers = await pipe.execute()
+        answers = await asyncio.gather(*(self.transport.call("HGETALL", self._usage_key(hour)) for hour in hours))
         rows: list[UsageRow] = []
-        for hour, fields in zip(hours, answers, strict=True):
-            rows += usage_rows(hour, {k.decode(): int(v) for k, v in fields.items()})
+        for hour, reply in zip(hours, answers, strict=True):
+            rows += usage_rows(hour, _pairs(reply))
         return rows
 
     async def ping(self) -> None:
-        await self.redis.ping()
+        await self.transport.call("PING")
 
     async def close(self) -> None:
-        await self.redis.aclose()
-
+        await self.transport.close()

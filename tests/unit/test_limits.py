@@ -254,3 +254,62 @@ def test_redis_url_from_the_environment_and_a_bad_budget_named(tmp_path):
     config.write_text("redis:\n  url: redis://elsewhere:6379/0\n")
     settings = load_settings(config, {"REDIS_URL": "redis://127.0.0.1:7000/1"})
     assert settings.redis.url is not None and settings.redis.url.get_secret_value() == "redis://127.0.0.1:7000/1"
+
+
+# ---- the lean Redis client -----------------------------------------------------------------------
+
+def test_resp_replies_are_read_as_redis_sends_them():
+    from wrapper.resp import RespError, encode, read_reply
+
+    async def go():
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"+PONG\r\n:42\r\n$3\r\nabc\r\n$-1\r\n*3\r\n:1\r\n$1\r\nx\r\n*1\r\n:-7\r\n-NOSCRIPT no\r\n")
+        reader.feed_eof()
+        return [await read_reply(reader) for _ in range(6)]
+    pong, number, text, nil, array, error = run(go())
+    assert (pong, number, text, nil, array) == ("PONG", 42, b"abc", None, [1, b"x", [-7]])
+    assert isinstance(error, RespError) and str(error) == "NOSCRIPT no"
+    assert encode(("SET", "k", 1.5)) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n1.5\r\n"
+
+
+def test_resp_urls():
+    from wrapper.resp import RespClient
+    c = RespClient.from_url("redis://user:p%40ss@10.0.0.2:7000/3", 0.5)
+    assert c is not None and (c.host, c.port, c.db, c.username, c.password) == ("10.0.0.2", 7000, 3, "user", "p@ss")
+    assert RespClient.from_url("rediss://host:6380/0", 0.5) is None  # TLS: redis-py's
+
+
+def test_a_silent_redis_times_out_and_the_next_call_connects_anew():
+    from wrapper.resp import RespClient
+
+    async def go():
+        connections = []
+
+        async def silent(reader, writer):
+            connections.append(writer)
+            await reader.read()  # reads, never answers
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RespClient("127.0.0.1", port, timeout=0.1)
+        for _ in range(2):
+            with pytest.raises(TimeoutError):
+                await client.call("PING")
+        await client.close()
+        server.close()
+        for writer in connections:
+            writer.close()
+        return len(connections)
+    assert run(go()) == 2
+
+
+def test_an_unreachable_redis_is_an_oserror():
+    from tests.support.procs import free_port
+    from wrapper.resp import RespClient
+
+    async def go():
+        client = RespClient("127.0.0.1", free_port(), timeout=1)
+        with pytest.raises(OSError):
+            await client.call("PING")
+        await client.close()
+    run(go())
