@@ -35,7 +35,8 @@ def guards(settings: Settings) -> list[Guard]:
     """The wrapper's security settings, checked here once for every process (raises ConfigError on a bad
     or duplicated key, before any process starts)."""
     return [
-        Guard("wrapper.api_keys (or wrapper.api_keys_file)", bool(load_api_keys(settings)),
+        Guard("wrapper.api_keys (or wrapper.api_keys_file, wrapper.keys_consul_prefix)",
+              bool(load_api_keys(settings)) or settings.wrapper.keys_consul_prefix is not None,
               "no API keys configured: the wrapper accepts every caller"),
         Guard("worker.secret (or WORKER_SECRET)", settings.worker.secret is not None,
               "no worker secret set: the wrapper sends none, so its workers take calls from anyone who can reach them"),

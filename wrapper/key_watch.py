@@ -77,6 +77,7 @@ class KeyWatch:
         assert self._consul is not None
         index: int | None = None
         failing = False
+        known: set[str] = set()
         while True:
             try:
                 new_index, entries = await self._consul.kv.get(self.prefix, index=index, recurse=True, wait=WAIT)
@@ -95,7 +96,11 @@ class KeyWatch:
             keys = parse_entries(entries, self.prefix)
             self.ring.replace_watched(keys)
             self.ready.set()
-            log.debug("%d API key(s) in Consul KV %s", len(keys), self.prefix)
+            names = {k.name or "" for k in keys}
+            if names != known:  # names only: an operator sees keys come and go, never a key
+                log.info("API keys in Consul KV %s: %d (added: %s; removed: %s)", self.prefix, len(keys),
+                         ", ".join(sorted(names - known)) or "-", ", ".join(sorted(known - names)) or "-")
+                known = names
             if index is None:
                 await asyncio.sleep(0.1)  # no index to block on: do not spin
 

@@ -144,9 +144,12 @@ def test_a_token_limit_holds_for_streams_that_did_not_ask_for_usage(stack):
     key = stack.put_key("tpm", tpm=2 * per_request + 1)  # room for 3 requests: 0, 1x, 2x < limit; not 3x
     answers = [stream_raw(stack.a if i % 2 == 0 else stack.b, key, body) for i in range(4)]
     assert [status for status, _, _ in answers] == [200, 200, 200, 429]
-    for _, _, raw in answers[:3]:
+    for _, headers, raw in answers[:3]:
         assert normalised(raw) == normalised(reference)  # byte for byte what an unlimited client gets
         assert b'"usage"' not in raw
+        assert headers["x-ratelimit-limit-tokens"] == str(2 * per_request + 1)  # sent before the stream's body
+    assert [int(h["x-ratelimit-remaining-tokens"]) for _, h, _ in answers[:3]] == sorted(
+        (int(h["x-ratelimit-remaining-tokens"]) for _, h, _ in answers[:3]), reverse=True)
     status, headers, raw = answers[3]
     assert error_of(raw)["code"] == "rate_limit_exceeded"
     assert headers["x-ratelimit-limit-tokens"] == str(2 * per_request + 1)

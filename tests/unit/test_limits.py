@@ -313,3 +313,10 @@ def test_an_unreachable_redis_is_an_oserror():
             await client.call("PING")
         await client.close()
     run(go())
+
+
+def test_strict_mode_counts_keys_in_consul_kv_as_keys():
+    from wrapper.cli import guards
+    watched = Settings.model_validate({"wrapper": {"keys_consul_prefix": "oaw/keys/"}})
+    assert guards(watched)[0].is_set
+    assert not guards(Settings())[0].is_set
