@@ -56,6 +56,19 @@ class Budget(_Section):
     per: Literal["day", "month"]
 
 
+class Limits(_Section):
+    """A key's limits for one model (ApiKey.model_limits), on top of the key's own; each optional."""
+
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    budget: Budget | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.max_concurrent, self.budget))
+
+
 class ApiKey(_Section):
     """A gateway key, given as the key itself or as its SHA-256 digest (so a keys file need not hold keys)."""
 
@@ -69,6 +82,8 @@ class ApiKey(_Section):
     max_concurrent: int | None = Field(None, ge=1)
     budget: Budget | None = None
     admin: bool = False  # may read /admin/usage
+    # model name or fnmatch glob -> limits for this key's use of that model (the first match applies)
+    model_limits: dict[Annotated[str, Field(min_length=1)], Limits] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> ApiKey:

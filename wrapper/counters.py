@@ -29,9 +29,10 @@ CONCURRENCY_TTL_MS = 15 * 60 * 1000  # a crashed wrapper's in-flight count is fo
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """One admission: whose counters, which limits (None: unlimited), and the tokens it estimates."""
+    """One set of counters a request is admitted against (a key's, or a key's for one model): which
+    limits (None: unlimited), and the tokens it estimates."""
 
-    counter: str  # the key's counter id (its digest, shortened)
+    counter: str  # the counters' id: the key's digest, shortened (and the model, for a key's model limits)
     rpm: int | None
     tpm: int | None
     max_concurrent: int | None
@@ -47,12 +48,22 @@ REFUSALS = (None, RPM, TPM, CONCURRENCY, BUDGET)
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    refused: str | None
+class Figures:
+    """One quota's window after an admission."""
+
     requests: int  # in the window, this request included if admitted
     requests_reset: float  # seconds until the oldest request in the window leaves it
     tokens: int
     tokens_reset: float
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """All of a request's quotas admit it (and all counted it), or none does (and none counted it)."""
+
+    refused: str | None
+    refused_by: int  # the index of the quota that refused it; -1 when admitted
+    figures: tuple[Figures, ...]  # one per quota, in order
     bucket: int  # the window bucket the estimate was charged to
 
 
@@ -60,7 +71,7 @@ class Verdict:
 class Settlement:
     """What an answer cost: the estimate is taken back from its bucket and the real tokens charged."""
 
-    quota: Quota
+    quotas: tuple[Quota, ...]
     bucket: int | None  # None: nothing was admitted (a refusal only counts usage)
     charge: int  # tokens charged to the key's tpm and budget: the usage, or the estimate when none is known
     prompt_tokens: int
@@ -87,7 +98,7 @@ UsageFigures = dict[UsageKey, list[int]]  # -> requests, prompt tokens, completi
 
 
 class Store(Protocol):
-    async def admit(self, quota: Quota, window: float) -> Verdict: ...
+    async def admit(self, quotas: tuple[Quota, ...], window: float) -> Verdict: ...
     async def settle(self, s: Settlement, window: float) -> None: ...
     async def add_usage(self, figures: UsageFigures, ttl: int) -> bool: ...  # True once written
     async def usage(self, hours: list[int]) -> list[UsageRow]: ...
@@ -136,46 +147,57 @@ class MemoryStore:
         self.budgets: dict[tuple[str, str], int] = defaultdict(int)
         self.usage_by_hour: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
-    async def admit(self, quota: Quota, window: float) -> Verdict:
+    def _refusal(self, q: Quota, requests: int, tokens: int, period: str) -> str | None:
+        if q.rpm is not None and requests + 1 > q.rpm:
+            return RPM
+        if q.tpm is not None and tokens >= q.tpm:
+            return TPM
+        if q.max_concurrent is not None and self.in_flight[q.counter] >= q.max_concurrent:
+            return CONCURRENCY
+        if q.budget is not None and self.budgets[(q.counter, period)] >= q.budget:
+            return BUDGET
+        return None
+
+    async def admit(self, quotas: tuple[Quota, ...], window: float) -> Verdict:
         now = time.time()
         size = window / BUCKETS
         bucket = math.floor(now / size)
-        requests, oldest_request = self.requests[quota.counter].used(bucket)
-        tokens, oldest_token = self.tokens[quota.counter].used(bucket)
-        refused = None
-        if quota.rpm is not None and requests + 1 > quota.rpm:
-            refused = RPM
-        elif quota.tpm is not None and tokens >= quota.tpm:
-            refused = TPM
-        elif quota.max_concurrent is not None and self.in_flight[quota.counter] >= quota.max_concurrent:
-            refused = CONCURRENCY
-        elif quota.budget is not None and self.budgets[(quota.counter, quota.budget_period)] >= quota.budget:
-            refused = BUDGET
+        refused, refused_by = None, -1
+        seen: list[tuple[int, int | None, int, int | None]] = []
+        for i, q in enumerate(quotas):
+            requests, oldest_request = self.requests[q.counter].used(bucket)
+            tokens, oldest_token = self.tokens[q.counter].used(bucket)
+            why = self._refusal(q, requests, tokens, q.budget_period)
+            if why is not None and refused is None:
+                refused, refused_by = why, i
+            seen.append((requests, oldest_request, tokens, oldest_token))
         if refused is None:
-            if quota.rpm is not None:
-                self.requests[quota.counter].add(bucket, 1)
-                requests += 1
-                oldest_request = bucket if oldest_request is None else oldest_request
-            if quota.tpm is not None:
-                self.tokens[quota.counter].add(bucket, quota.estimate)
-                tokens += quota.estimate
-            if quota.max_concurrent is not None:
-                self.in_flight[quota.counter] += 1
-        return Verdict(refused, requests, reset_after(oldest_request, now, size), tokens,
-                       reset_after(oldest_token, now, size), bucket)
+            for i, q in enumerate(quotas):
+                requests, oldest_request, tokens, oldest_token = seen[i]
+                if q.rpm is not None:
+                    self.requests[q.counter].add(bucket, 1)
+                    seen[i] = (requests + 1, bucket if oldest_request is None else oldest_request, tokens, oldest_token)
+                if q.tpm is not None:
+                    self.tokens[q.counter].add(bucket, q.estimate)
+                    seen[i] = (seen[i][0], seen[i][1], tokens + q.estimate, oldest_token)
+                if q.max_concurrent is not None:
+                    self.in_flight[q.counter] += 1
+        figures = tuple(Figures(r, reset_after(oldest_r, now, size), t, reset_after(oldest_t, now, size))
+                        for r, oldest_r, t, oldest_t in seen)
+        return Verdict(refused, refused_by, figures, bucket)
 
     async def settle(self, s: Settlement, window: float) -> None:
-        q = s.quota
         if s.bucket is None:
             return
-        if q.tpm is not None:
-            now_bucket = math.floor(time.time() / (window / BUCKETS))
-            self.tokens[q.counter].add(s.bucket, -q.estimate)
-            self.tokens[q.counter].add(now_bucket, s.charge)
-        if q.max_concurrent is not None:
-            self.in_flight[q.counter] = max(self.in_flight[q.counter] - 1, 0)
-        if q.budget is not None:
-            self.budgets[(q.counter, q.budget_period)] += s.charge
+        now_bucket = math.floor(time.time() / (window / BUCKETS))
+        for q in s.quotas:
+            if q.tpm is not None:
+                self.tokens[q.counter].add(s.bucket, -q.estimate)
+                self.tokens[q.counter].add(now_bucket, s.charge)
+            if q.max_concurrent is not None:
+                self.in_flight[q.counter] = max(self.in_flight[q.counter] - 1, 0)
+            if q.budget is not None:
+                self.budgets[(q.counter, q.budget_period)] += s.charge
 
     async def add_usage(self, figures: UsageFigures, ttl: int) -> bool:
         for (hour, name, model), counts in figures.items():

@@ -3,6 +3,7 @@
     python3 -m wrapper.keys_cli create --name alice --models 'gpt-*' --rpm 10    (prints the key once)
     python3 -m wrapper.keys_cli list                                            (never a secret)
     python3 -m wrapper.keys_cli update --name alice --tpm 20000 --rpm none      (none: unlimited)
+    python3 -m wrapper.keys_cli update --name alice --model-limits '{"gpt-4*": {"rpm": 5}}'
     python3 -m wrapper.keys_cli revoke --name alice
 
 Consul is reached as the wrapper reaches it (env.yaml's `consul:`, CONSUL_HTTP_ADDR), with the operator's
@@ -64,12 +65,26 @@ def parser() -> argparse.ArgumentParser:
                            metavar="N|none")
         c.add_argument("--budget", default=argparse.SUPPRESS, metavar="TOKENS/day|month|none",
                        help="a token budget, e.g. 1000000/month")
+        c.add_argument("--model-limits", type=_model_limits, default=argparse.SUPPRESS, metavar="JSON|none",
+                       help="""limits per model, e.g. '{"gpt-*": {"rpm": 5}}' (on top of the key's own)""")
         c.add_argument("--admin", type=lambda v: v.lower() in ("1", "true", "yes"), default=argparse.SUPPRESS,
                        metavar="true|false", help="may read /admin/usage")
     commands.add_parser("list", help="names, models and limits (never a secret)")
     revoke = commands.add_parser("revoke", help="delete a key: refused by every replica within a second")
     revoke.add_argument("--name", required=True)
     return p
+
+
+def _model_limits(value: str) -> dict[str, Any] | None:
+    if value.lower() in ("none", "null", ""):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not JSON") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError('expected {"model or glob": {"rpm": N, ...}}')
+    return parsed
 
 
 def _budget(value: str) -> dict[str, Any] | None:
@@ -81,7 +96,7 @@ def _budget(value: str) -> dict[str, Any] | None:
 
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
     given = vars(args)
-    changes = {k: given[k] for k in ("models", *LIMITS, "admin") if k in given}
+    changes = {k: given[k] for k in ("models", *LIMITS, "admin", "model_limits") if k in given}
     if "budget" in given:
         changes["budget"] = _budget(given["budget"])
     return changes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fnmatch
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -24,7 +25,7 @@ from starlette.responses import Response
 from common import wire
 from common.errors import OpenAIError, Unavailable, insufficient_quota, rate_limit_exceeded
 from common.http import SSEResponse
-from common.settings import ApiKey, Settings, secret
+from common.settings import ApiKey, Limits, Settings, secret
 
 from .counters import (
     BUDGET,
@@ -59,6 +60,33 @@ def _budget_period(per: str, now: float) -> tuple[str, int]:
     """The budget counter's calendar period (UTC) and how long to keep it."""
     day = dt.datetime.fromtimestamp(now, dt.UTC)
     return (f"d{day:%Y-%m-%d}", 2 * 86400) if per == "day" else (f"m{day:%Y-%m}", 32 * 86400)
+
+
+def model_limits(key: ApiKey, model: str) -> tuple[str, Limits] | None:
+    """The key's limits for `model` (its exact name first, else the first glob that matches), if any."""
+    if not key.model_limits:
+        return None
+    if model in key.model_limits:
+        return model, key.model_limits[model]
+    return next(((p, lim) for p, lim in key.model_limits.items() if fnmatch.fnmatchcase(model, p)), None)
+
+
+def _quota(counter: str, limits: ApiKey | Limits, raw: bytes, now: float) -> Quota:
+    budget = limits.budget
+    period, period_ttl = _budget_period(budget.per, now) if budget is not None else ("", 0)
+    return Quota(counter, limits.rpm, limits.tpm, limits.max_concurrent, budget.tokens if budget is not None else None,
+                 period, period_ttl, len(raw) // ESTIMATE_BYTES_PER_TOKEN if limits.tpm is not None else 0)
+
+
+def quotas_of(key: ApiKey, model: str, raw: bytes, now: float) -> tuple[Quota, ...]:
+    """The counters a request is admitted against: the key's, and the key's for this model."""
+    counter = key.digest.hex()[:16]
+    quotas: tuple[Quota, ...] = (_quota(counter, key, raw, now),) if key.limited else ()
+    found = model_limits(key, model)
+    if found is not None and found[1].limited:
+        # per model, not per pattern: `gpt-*: {rpm: 5}` allows 5 for each gpt model
+        quotas += (_quota(f"{counter}:{model}", found[1], raw, now),)
+    return quotas
 
 
 class Limiter:
@@ -170,62 +198,65 @@ class Limiter:
         if key is None:
             return None
         now = time.time()
-        period, period_ttl = _budget_period(key.budget.per, now) if key.budget is not None else ("", 0)
-        quota = Quota(key.digest.hex()[:16], key.rpm, key.tpm, key.max_concurrent,
-                      key.budget.tokens if key.budget is not None else None, period, period_ttl,
-                      len(raw) // ESTIMATE_BYTES_PER_TOKEN if key.tpm is not None else 0)
+        quotas = quotas_of(key, model, raw, now)
         # a stream's tokens are known only from its usage chunk: ask for it when the client did not
         strip_usage = stream and not wire.include_usage(orjson.loads(raw))
-        ticket = Ticket(self, key, model, quota, wire.with_include_usage(raw) if strip_usage else raw, strip_usage,
+        ticket = Ticket(self, key, model, quotas, wire.with_include_usage(raw) if strip_usage else raw, strip_usage,
                         int(now // 3600 * 3600))
-        if not key.limited:
+        if not quotas:
             return ticket
         store = self.store
-        verdict = await self._call(lambda: store.admit(quota, self.window))
+        verdict = await self._call(lambda: store.admit(quotas, self.window))
         if verdict is None:
             self._unreachable()
             ticket.admitted = False
             return ticket
         ticket.bucket = verdict.bucket
-        ticket.headers = self._headers(key, verdict)
+        ticket.headers = self._headers(quotas, verdict)
         if verdict.refused is not None:
             ticket.admitted = False
             await ticket.finish(None, error=True)
-            raise self._refusal(key, verdict, ticket.headers)
+            raise self._refusal(key, model, quotas, verdict, ticket.headers)
         return ticket
 
     @staticmethod
-    def _headers(key: ApiKey, verdict: Verdict) -> dict[str, str]:
+    def _headers(quotas: tuple[Quota, ...], verdict: Verdict) -> dict[str, str]:
+        """OpenAI's headers for the tightest of the quotas (the least remaining) in each dimension."""
+        pairs = list(zip(quotas, verdict.figures, strict=True))
         headers: dict[str, str] = {}
-        if key.rpm is not None:
-            headers.update(wire.ratelimit_headers("requests", key.rpm, key.rpm - verdict.requests,
-                                                  verdict.requests_reset))
-        if key.tpm is not None:
-            headers.update(wire.ratelimit_headers("tokens", key.tpm, key.tpm - verdict.tokens, verdict.tokens_reset))
+        limited = [(q.rpm - f.requests, q.rpm, f.requests_reset) for q, f in pairs if q.rpm is not None]
+        if limited:
+            remaining, limit, reset = min(limited)
+            headers.update(wire.ratelimit_headers("requests", limit, remaining, reset))
+        limited = [(q.tpm - f.tokens, q.tpm, f.tokens_reset) for q, f in pairs if q.tpm is not None]
+        if limited:
+            remaining, limit, reset = min(limited)
+            headers.update(wire.ratelimit_headers("tokens", limit, remaining, reset))
         return headers
 
     @staticmethod
-    def _refusal(key: ApiKey, verdict: Verdict, headers: dict[str, str]) -> OpenAIError:
-        name = key_name(key)
+    def _refusal(key: ApiKey, model: str, quotas: tuple[Quota, ...], verdict: Verdict,
+                 headers: dict[str, str]) -> OpenAIError:
+        q, f = quotas[verdict.refused_by], verdict.figures[verdict.refused_by]
+        whose = f"key '{key_name(key)}'" + (f" for model '{model}'" if ":" in q.counter else "")
         if verdict.refused == BUDGET:
-            assert key.budget is not None
-            return insufficient_quota(f"Key '{name}' has used its budget of {key.budget.tokens} tokens per "
-                                      f"{key.budget.per}.", headers)
+            per = "day" if q.budget_period.startswith("d") else "month"
+            return insufficient_quota(f"The {whose} has used its budget of {q.budget} tokens per {per}.", headers)
         if verdict.refused == RPM:
-            what, wait = f"requests per minute (RPM): limit {key.rpm}", verdict.requests_reset
+            what, wait = f"requests per minute (RPM): limit {q.rpm}", f.requests_reset
         elif verdict.refused == TPM:
-            what, wait = f"tokens per minute (TPM): limit {key.tpm}, used {verdict.tokens}", verdict.tokens_reset
+            what, wait = f"tokens per minute (TPM): limit {q.tpm}, used {f.tokens}", f.tokens_reset
         else:
             assert verdict.refused == CONCURRENCY
-            what, wait = f"concurrent requests: limit {key.max_concurrent}", 1.0
-        return rate_limit_exceeded(f"Rate limit reached for key '{name}' on {what}. Please try again in "
+            what, wait = f"concurrent requests: limit {q.max_concurrent}", 1.0
+        return rate_limit_exceeded(f"Rate limit reached for {whose} on {what}. Please try again in "
                                    f"{wire.duration(wait)}.", {**headers, **wire.retry_after_headers(wait)})
 
     async def record(self, settlement: Settlement) -> None:
         s = settlement
         self._add((s.hour, s.key_name, s.model), [1, s.prompt_tokens, s.completion_tokens, int(s.error)])
-        q = s.quota
-        if s.bucket is not None and (q.tpm is not None or q.max_concurrent is not None or q.budget is not None):
+        if s.bucket is not None and any(q.tpm is not None or q.max_concurrent is not None or q.budget is not None
+                                        for q in s.quotas):
             store = self.store
             await self._call(lambda: store.settle(s, self.window))
 
@@ -254,12 +285,12 @@ class Ticket:
     """One admitted request of a key: the body to send on, the headers for its answer, and its settlement
     once the answer's usage is known (exactly once, however the answer ends)."""
 
-    def __init__(self, limiter: Limiter, key: ApiKey, model: str, quota: Quota, body: bytes, strip_usage: bool,
-                 hour: int) -> None:
+    def __init__(self, limiter: Limiter, key: ApiKey, model: str, quotas: tuple[Quota, ...], body: bytes,
+                 strip_usage: bool, hour: int) -> None:
         self.limiter = limiter
         self.key = key
         self.model = model
-        self.quota = quota
+        self.quotas = quotas
         self.body = body
         self.strip_usage = strip_usage  # the usage chunk was asked for by the wrapper, not the client
         self.hour = hour
@@ -271,9 +302,9 @@ class Ticket:
     def _settlement(self, usage: TokenUsage | None, error: bool) -> Settlement:
         # no usage (an error, a client gone mid-stream): the estimate stays charged, so aborting a stream
         # before its usage chunk does not make its tokens free
-        charge = usage.total if usage is not None else self.quota.estimate
+        charge = usage.total if usage is not None else max((q.estimate for q in self.quotas), default=0)
         usage = usage or TokenUsage(0, 0)
-        return Settlement(self.quota, self.bucket if self.admitted and self.key.limited else None, charge,
+        return Settlement(self.quotas, self.bucket if self.admitted and self.quotas else None, charge,
                           usage.prompt_tokens, usage.completion_tokens, error, key_name(self.key), self.model,
                           self.hour)
 

@@ -20,6 +20,7 @@ from .counters import (
     REFUSALS,
     SEP,
     USAGE_FIELDS,
+    Figures,
     Quota,
     Settlement,
     UsageFigures,
@@ -56,58 +57,84 @@ local function reset_ms(oldest, now_bucket, now, size)
 end
 """.replace("__BUCKETS__", str(BUCKETS))
 
-# KEYS: requests window, tokens window, in flight, budget counter
-# ARGV: bucket size (s), rpm, tpm, max_concurrent, budget (0 = unlimited), estimate, window ttl (ms),
-#       in-flight ttl (ms)
+# Every quota of a request (a key's, and a key's for one model) in one script: all admit it and count it,
+# or none counts it.
+# KEYS, per quota: requests window, tokens window, in flight, budget counter
+# ARGV: bucket size (s), window ttl (ms), in-flight ttl (ms); per quota: rpm, tpm, max_concurrent, budget
+#       (0 = unlimited), estimate
+# returns: refusal code, refusing quota (1-based; 0: none), bucket; per quota: requests, their reset (ms),
+#          tokens, their reset (ms)
 _ADMIT = _WINDOW + """
-local size = tonumber(ARGV[1])
-local rpm, tpm, conc, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local estimate, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local size, ttl, conc_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now, b = clock(size)
-local requests, oldest_r = window(KEYS[1], b)
-local tokens, oldest_t = window(KEYS[2], b)
-local refused = 0
-if rpm > 0 and requests + 1 > rpm then refused = 1
-elseif tpm > 0 and tokens >= tpm then refused = 2
-elseif conc > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') >= conc then refused = 3
-elseif budget > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= budget then refused = 4
+local n = #KEYS / 4
+local refused, refused_by = 0, 0
+local seen = {}
+for i = 1, n do
+  local k, a = 4 * (i - 1), 3 + 5 * (i - 1)
+  local rpm, tpm, conc, budget = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local requests, oldest_r = window(KEYS[k + 1], b)
+  local tokens, oldest_t = window(KEYS[k + 2], b)
+  local code = 0
+  if rpm > 0 and requests + 1 > rpm then code = 1
+  elseif tpm > 0 and tokens >= tpm then code = 2
+  elseif conc > 0 and tonumber(redis.call('GET', KEYS[k + 3]) or '0') >= conc then code = 3
+  elseif budget > 0 and tonumber(redis.call('GET', KEYS[k + 4]) or '0') >= budget then code = 4
+  end
+  if code > 0 and refused == 0 then refused, refused_by = code, i end
+  seen[i] = {requests, oldest_r, tokens, oldest_t}
 end
 if refused == 0 then
-  if rpm > 0 then
-    redis.call('HINCRBY', KEYS[1], b, 1)
-    redis.call('PEXPIRE', KEYS[1], ttl)
-    requests = requests + 1
-    oldest_r = oldest_r or b
-  end
-  if tpm > 0 then
-    redis.call('HINCRBY', KEYS[2], b, estimate)
-    redis.call('PEXPIRE', KEYS[2], ttl)
-    tokens = tokens + estimate
-  end
-  if conc > 0 then
-    redis.call('INCR', KEYS[3])
-    redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[8]))
+  for i = 1, n do
+    local k, a = 4 * (i - 1), 3 + 5 * (i - 1)
+    local rpm, tpm, conc, estimate = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5])
+    local f = seen[i]
+    if rpm > 0 then
+      redis.call('HINCRBY', KEYS[k + 1], b, 1)
+      redis.call('PEXPIRE', KEYS[k + 1], ttl)
+      f[1] = f[1] + 1
+      f[2] = f[2] or b
+    end
+    if tpm > 0 then
+      redis.call('HINCRBY', KEYS[k + 2], b, estimate)
+      redis.call('PEXPIRE', KEYS[k + 2], ttl)
+      f[3] = f[3] + estimate
+    end
+    if conc > 0 then
+      redis.call('INCR', KEYS[k + 3])
+      redis.call('PEXPIRE', KEYS[k + 3], conc_ttl)
+    end
   end
 end
-return {refused, requests, reset_ms(oldest_r, b, now, size), tokens, reset_ms(oldest_t, b, now, size), b}
+local out = {refused, refused_by, b}
+for i = 1, n do
+  local f = seen[i]
+  out[#out + 1] = f[1]
+  out[#out + 1] = reset_ms(f[2], b, now, size)
+  out[#out + 1] = f[3]
+  out[#out + 1] = reset_ms(f[4], b, now, size)
+end
+return out
 """
 
-# KEYS: tokens window, in flight, budget counter
-# ARGV: bucket size, admitted bucket, estimate, tokens used, tpm?, conc?, budget?, budget ttl (s),
-#       window ttl (ms)
+# KEYS, per quota: tokens window, in flight, budget counter
+# ARGV: bucket size, admitted bucket, tokens charged, window ttl (ms); per quota: estimate, tpm?, conc?,
+#       budget?, budget ttl (s)
 _SETTLE = _WINDOW + """
-local admitted = tonumber(ARGV[2])
-local used = tonumber(ARGV[4])
-if ARGV[5] == '1' then
-  local now, b = clock(tonumber(ARGV[1]))
-  redis.call('HINCRBY', KEYS[1], admitted, -tonumber(ARGV[3]))
-  redis.call('HINCRBY', KEYS[1], b, used)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[9]))
-end
-if ARGV[6] == '1' and tonumber(redis.call('DECR', KEYS[2])) < 0 then redis.call('SET', KEYS[2], 0) end
-if ARGV[7] == '1' and used > 0 then
-  redis.call('INCRBY', KEYS[3], used)
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
+local admitted, used, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, b = clock(tonumber(ARGV[1]))
+for i = 1, #KEYS / 3 do
+  local k, a = 3 * (i - 1), 4 + 5 * (i - 1)
+  if ARGV[a + 2] == '1' then
+    redis.call('HINCRBY', KEYS[k + 1], admitted, -tonumber(ARGV[a + 1]))
+    redis.call('HINCRBY', KEYS[k + 1], b, used)
+    redis.call('PEXPIRE', KEYS[k + 1], ttl)
+  end
+  if ARGV[a + 3] == '1' and tonumber(redis.call('DECR', KEYS[k + 2])) < 0 then redis.call('SET', KEYS[k + 2], 0) end
+  if ARGV[a + 4] == '1' and used > 0 then
+    redis.call('INCRBY', KEYS[k + 3], used)
+    redis.call('EXPIRE', KEYS[k + 3], tonumber(ARGV[a + 5]))
+  end
 end
 return 0
 """
@@ -177,22 +204,29 @@ class RedisStore:
     def _usage_key(self, hour: int) -> str:
         return f"{self.prefix}usage:{hour}"
 
-    async def admit(self, quota: Quota, window: float) -> Verdict:
-        requests, tokens, in_flight = self._keys(quota.counter)
-        out = await _ADMIT_SCRIPT(self.transport, [requests, tokens, in_flight, self._budget_key(quota)], [
-            window / BUCKETS, quota.rpm or 0, quota.tpm or 0, quota.max_concurrent or 0, quota.budget or 0,
-            quota.estimate, int(window * 2000), CONCURRENCY_TTL_MS])
-        code, used_r, reset_r, used_t, reset_t, bucket = (int(v) for v in out)
-        return Verdict(REFUSALS[code], used_r, reset_r / 1000, used_t, reset_t / 1000, bucket)
+    async def admit(self, quotas: tuple[Quota, ...], window: float) -> Verdict:
+        keys: list[str] = []
+        args: list[Arg] = [window / BUCKETS, int(window * 2000), CONCURRENCY_TTL_MS]
+        for q in quotas:
+            keys += [*self._keys(q.counter), self._budget_key(q)]
+            args += [q.rpm or 0, q.tpm or 0, q.max_concurrent or 0, q.budget or 0, q.estimate]
+        out = [int(v) for v in await _ADMIT_SCRIPT(self.transport, keys, args)]
+        code, by, bucket = out[:3]
+        figures = tuple(Figures(out[i], out[i + 1] / 1000, out[i + 2], out[i + 3] / 1000)
+                        for i in range(3, len(out), 4))
+        return Verdict(REFUSALS[code], by - 1, figures, bucket)
 
     async def settle(self, s: Settlement, window: float) -> None:
-        q = s.quota
         if s.bucket is None:
             return
-        _, tokens, in_flight = self._keys(q.counter)
-        await _SETTLE_SCRIPT(self.transport, [tokens, in_flight, self._budget_key(q)], [
-            window / BUCKETS, s.bucket, q.estimate, s.charge, int(q.tpm is not None),
-            int(q.max_concurrent is not None), int(q.budget is not None), q.budget_ttl, int(window * 2000)])
+        keys: list[str] = []
+        args: list[Arg] = [window / BUCKETS, s.bucket, s.charge, int(window * 2000)]
+        for q in s.quotas:
+            _, tokens, in_flight = self._keys(q.counter)
+            keys += [tokens, in_flight, self._budget_key(q)]
+            args += [q.estimate, int(q.tpm is not None), int(q.max_concurrent is not None), int(q.budget is not None),
+                     q.budget_ttl]
+        await _SETTLE_SCRIPT(self.transport, keys, args)
 
     async def add_usage(self, figures: UsageFigures, ttl: int) -> bool:
         """A second's usage of this process, pipelined (the commands go out together)."""

@@ -183,6 +183,16 @@ def test_a_key_over_its_token_budget_gets_429_insufficient_quota(stack):
     assert headers["x-should-retry"] == "false"  # the openai SDK does not retry it
 
 
+def test_a_keys_limit_for_one_model_holds_across_replicas_and_spares_its_other_models(stack):
+    key = stack.put_key("per-model", rpm=100, model_limits={"limits-*": {"rpm": 2}})
+    statuses = [post((stack.a if i % 2 == 0 else stack.b).base_url + "/chat/completions", chat_body(stack.model),
+                     auth(key)) for i in range(3)]
+    assert [s for s, _, _ in statuses] == [200, 200, 429]
+    assert f"for model '{stack.model}'" in error_of(statuses[2][2])["message"]
+    assert statuses[0][1]["x-ratelimit-limit-requests"] == "2"  # the tighter of the key's and the model's
+    assert post(stack.b.base_url + "/chat/completions", chat_body(stack.slow_model, "hi"), auth(key))[0] == 200
+
+
 def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "wrapper.keys_cli", "--config", stack.config, *args], cwd=ROOT,
                           env={"PATH": "/usr/bin:/bin", "CONSUL_HTTP_ADDR": stack.consul.addr},
@@ -190,7 +200,8 @@ def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_key_made_with_the_admin_command_works_on_both_replicas_within_a_second(stack):
-    made = run_cli(stack, "create", "--name", "cli-made", "--models", f"{stack.model}", "--rpm", "100")
+    made = run_cli(stack, "create", "--name", "cli-made", "--models", f"{stack.model}", "--rpm", "100",
+                   "--model-limits", '{"other-*": {"tpm": 50}}')
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert key.startswith("sk-")
@@ -200,7 +211,9 @@ def test_a_key_made_with_the_admin_command_works_on_both_replicas_within_a_secon
 
     wait_until(lambda: works_on(stack.a) and works_on(stack.b), 1.0, "the new key on both replicas")
     listed = run_cli(stack, "list")
-    assert listed.returncode == 0 and '"name": "cli-made"' in listed.stdout and '"rpm": 100' in listed.stdout
+    assert listed.returncode == 0, listed.stderr
+    entry = next(json.loads(line) for line in listed.stdout.splitlines() if '"cli-made"' in line)
+    assert (entry["rpm"], entry["models"], entry["model_limits"]) == (100, [stack.model], {"other-*": {"tpm": 50}})
     assert key not in listed.stdout and key_digest(key).hex() not in listed.stdout
 
     revoked = run_cli(stack, "revoke", "--name", "cli-made")

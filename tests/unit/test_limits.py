@@ -58,17 +58,17 @@ def test_reset_durations_read_as_openais(seconds, text):
 
 # ---- the windows ---------------------------------------------------------------------------------
 
-def quota(**limits) -> Quota:
+def quota(counter: str = "k", **limits) -> tuple[Quota, ...]:
     fields = {"rpm": None, "tpm": None, "max_concurrent": None, "budget": None, **limits}
-    return Quota("k", fields["rpm"], fields["tpm"], fields["max_concurrent"], fields["budget"], "d2026-11-26",
-                 86400, limits.get("estimate", 0))
+    return (Quota(counter, fields["rpm"], fields["tpm"], fields["max_concurrent"], fields["budget"], "d2026-11-26",
+                  86400, limits.get("estimate", 0)),)
 
 
 def test_requests_per_window_are_exact():
     async def go():
         store = MemoryStore()
         verdicts = [await store.admit(quota(rpm=3), 60) for _ in range(5)]
-        return [v.refused for v in verdicts], [v.requests for v in verdicts]
+        return [v.refused for v in verdicts], [v.figures[0].requests for v in verdicts]
     refused, counts = run(go())
     assert refused == [None, None, None, "rpm", "rpm"]
     assert counts == [1, 2, 3, 3, 3]
@@ -80,10 +80,24 @@ def test_the_token_estimate_is_replaced_by_the_real_usage():
     async def go():
         store, q = MemoryStore(), quota(tpm=100, estimate=40)
         first = await store.admit(q, 60)
-        assert first.tokens == 40
+        assert first.figures[0].tokens == 40
         await store.settle(Settlement(q, first.bucket, 10, 5, 5, False, "k", "m", 0), 60)
         return await store.admit(q, 60)
-    assert run(go()).tokens == 10 + 40  # the real 10, and the new request's estimate
+    assert run(go()).figures[0].tokens == 10 + 40  # the real 10, and the new request's estimate
+
+
+def test_a_request_is_counted_by_all_its_quotas_or_by_none():
+    async def go():
+        store = MemoryStore()
+        both = quota("k", rpm=10) + quota("k:m", rpm=1)
+        first = await store.admit(both, 60)
+        second = await store.admit(both, 60)  # the model's quota refuses: the key's must not count it
+        other = await store.admit(quota("k", rpm=10), 60)
+        return first, second, other
+    first, second, other = run(go())
+    assert first.refused is None and [f.requests for f in first.figures] == [1, 1]
+    assert (second.refused, second.refused_by) == ("rpm", 1)
+    assert other.figures[0].requests == 2
 
 
 def test_concurrency_and_budget():
@@ -127,6 +141,25 @@ def test_over_the_rpm_is_429_rate_limit_exceeded_with_openais_headers():
     assert (err.status, err.code) == (429, "rate_limit_exceeded")
     assert err.headers["x-ratelimit-limit-requests"] == "1" and int(err.headers["Retry-After"]) >= 1
     assert "team" in err.message
+
+
+def test_a_keys_model_limits_apply_per_model_on_top_of_its_own():
+    key = ApiKey.model_validate({"key": "sk-models-000", "name": "team", "rpm": 10,
+                                 "model_limits": {"gpt-*": {"rpm": 1}, "gpt-big": {"rpm": 2}}})
+
+    async def go():
+        lim = limiter()
+        ticket = await lim.admit(key, "gpt-a", body(), False)
+        assert ticket is not None and ticket.headers["x-ratelimit-limit-requests"] == "1"  # the tightest
+        with pytest.raises(RateLimited) as refused:
+            await lim.admit(key, "gpt-a", body(), False)
+        assert await lim.admit(key, "gpt-b", body(), False) is not None  # per model, not per pattern
+        assert await lim.admit(key, "gpt-big", body(), False) is not None  # its exact name wins
+        assert await lim.admit(key, "gpt-big", body(), False) is not None
+        assert await lim.admit(key, "llama", body(), False) is not None  # the key's own limit only
+        return refused.value
+    err = run(go())
+    assert "for model 'gpt-a'" in err.message and "limit 1" in err.message
 
 
 def test_over_the_budget_is_429_insufficient_quota_not_retried():
