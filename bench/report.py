@@ -5,7 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "litellm", "wrapper-2proc", "starlette-min"]
+PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "wrapper-key", "wrapper-limited", "litellm",
+              "wrapper-2proc", "starlette-min"]
 PATH_LABEL = {
     "direct": "direct → worker (EchoGen)",
     "nginx": "nginx → worker",
@@ -13,6 +14,8 @@ PATH_LABEL = {
     "litellm": "LiteLLM proxy → worker",
     "wrapper-2proc": "wrapper --processes 2 → worker",
     "wrapper-nometrics": "wrapper, metrics off → worker",
+    "wrapper-key": "wrapper, a key without limits (usage in Redis) → worker",
+    "wrapper-limited": "wrapper, a key with rpm/tpm/max_concurrent (Redis) → worker",
     "starlette-min": "minimal Starlette endpoint (no worker)",
 }
 

@@ -50,7 +50,11 @@ FAKE_SERVICE = "bench-fake"
 SCALE_MODEL = "echo-scale"
 PACED_MODEL = "echo-paced"
 PACED_DELAY = 0.002
-PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "litellm", "wrapper-2proc", "starlette-min"]
+PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "wrapper-key", "wrapper-limited", "litellm",
+              "wrapper-2proc", "starlette-min"]
+# the cost of #12's limits: keys on a wrapper whose counters are in a redis-server on loopback
+BENCH_FREE_KEY = "sk-bench-free-0123456789"
+BENCH_LIMITED_KEY = "sk-bench-limited-0123456789"
 REAL_MODEL = "smollm2-135m-instruct"
 REAL_MODEL_TOKENS = 64
 # a question whose greedy answer is longer than REAL_MODEL_TOKENS, so every stream is cut at the same length
@@ -227,11 +231,33 @@ class Bench:
             w3 = s.start_wrapper("wrapper-nometrics", "--config", str(off))
             s.wait_routable(w3, "echo")
             self.paths["wrapper-nometrics"] = BenchPath(w3.url, {"proxy": w3.pid, "worker": w}, chat)
+        if not a.no_variants and not a.no_limits:
+            self.start_limited(chat)
         for p in self.paths.values():
             check_chat(p.url + "/v1/chat/completions", Path(p.body).read_bytes(), SHORT_TEXT,
                        {"Authorization": f"Bearer {p.auth}"} if p.auth else None)
         log(f"all paths answer: {', '.join(self.paths)}; load generator: {self.tool}")
         self.results["idle_cores"] = self.idle_cpu(1.0 if a.quick else 3.0)
+
+    def start_limited(self, chat: str) -> None:
+        """A second wrapper with two keys, its counters in a redis-server on loopback: one key without
+        limits (auth + usage), one with limits too high to refuse (so every request is checked and charged)."""
+        if shutil.which("redis-server") is None:
+            self.results["notes"].append("redis-server not found: no rows for keys with limits.")
+            return
+        from tests.support.redis_server import RedisServer
+        redis = RedisServer(self.stack.procs)
+        config = self.work / "limited.yaml"
+        config.write_text(f"wrapper:\n  api_keys:\n    - {{key: {BENCH_FREE_KEY}, name: bench-free}}\n"
+                          f"    - {{key: {BENCH_LIMITED_KEY}, name: bench-limited, rpm: 1000000000, "
+                          f"tpm: 1000000000, max_concurrent: 100000}}\nredis:\n  url: {redis.url}\n")
+        limited = self.stack.start_wrapper("wrapper-limits", "--config", str(config))
+        from tests.support.procs import get_json, wait_until
+        wait_until(lambda: get_json(limited.url + "/v1/models/echo", {"Authorization": f"Bearer {BENCH_FREE_KEY}"})[0]
+                   == 200, 30, "echo routable through the wrapper with limits")
+        watch = {"proxy": limited.pid, "worker": self.worker.pid, "redis": redis.proc.pid if redis.proc else 0}
+        self.paths["wrapper-key"] = BenchPath(limited.url, watch, chat, BENCH_FREE_KEY)
+        self.paths["wrapper-limited"] = BenchPath(limited.url, watch, chat, BENCH_LIMITED_KEY)
 
     def idle_cpu(self, seconds: float) -> dict[str, float]:
         """CPU each of our processes uses with no load (background tasks), and the rest of the machine."""
@@ -559,6 +585,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx path")
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM path")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the wrapper")
+    p.add_argument("--no-limits", action="store_true", help="skip the rows with rate-limited keys (Redis)")
     p.add_argument("--no-variants", action="store_true",
                    help="skip the extra rows: a wrapper started with --processes 2, one with metrics off")
     p.add_argument("--profile", action="store_true", help="profile the wrapper in a --quick run too")

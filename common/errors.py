@@ -116,3 +116,21 @@ def error_body(exc: BaseException) -> dict:
 
 def error_json(exc: BaseException) -> bytes:
     return orjson.dumps(error_body(exc))
+
+
+def rate_limit_exceeded(message: str, headers: dict[str, str]) -> RateLimited:
+    """A key over its requests, tokens or concurrency limit: 429, which the openai SDK retries after
+    `Retry-After`."""
+    return RateLimited(message, code="rate_limit_exceeded", headers=headers)
+
+
+def insufficient_quota(message: str, headers: dict[str, str]) -> RateLimited:
+    """A key over its token budget: 429 as OpenAI answers it, marked as not worth retrying."""
+    return RateLimited(message, type="insufficient_quota", code="insufficient_quota",
+                       headers={**headers, "x-should-retry": "false"})
+
+
+def admin_only() -> OpenAIError:
+    """A valid key without the `admin` flag asking for an admin endpoint."""
+    return OpenAIError("This endpoint needs an API key with admin rights.", status=403,
+                       type="invalid_request_error", code="insufficient_permissions")

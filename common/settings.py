@@ -49,6 +49,26 @@ class TimeoutSettings(_Section):
     total: float = Field(600.0, gt=0)
 
 
+class Budget(_Section):
+    """A token budget per calendar day or month (UTC)."""
+
+    tokens: int = Field(ge=1)
+    per: Literal["day", "month"]
+
+
+class Limits(_Section):
+    """A key's limits for one model (ApiKey.model_limits), on top of the key's own; each optional."""
+
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    budget: Budget | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.max_concurrent, self.budget))
+
+
 class ApiKey(_Section):
     """A gateway key, given as the key itself or as its SHA-256 digest (so a keys file need not hold keys)."""
 
@@ -56,7 +76,14 @@ class ApiKey(_Section):
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     models: list[str] | None = None  # None: every model
     name: str | None = None
-    admin: bool = False  # may read the wrapper's /status and /status.json (when keys are configured)
+    # limits (wrapper/limits.py), each optional: absent = unlimited
+    rpm: int | None = Field(None, ge=1)  # requests per minute
+    tpm: int | None = Field(None, ge=1)  # tokens (prompt + completion) per minute
+    max_concurrent: int | None = Field(None, ge=1)
+    budget: Budget | None = None
+    admin: bool = False  # may read /status, /status.json and /admin/usage
+    # model name or fnmatch glob -> limits for this key's use of that model (the first match applies)
+    model_limits: dict[Annotated[str, Field(min_length=1)], Limits] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> ApiKey:
@@ -71,6 +98,10 @@ class ApiKey(_Section):
             return bytes.fromhex(self.key_sha256)
         assert self.key is not None  # _one_form
         return key_digest(self.key.get_secret_value())
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.max_concurrent, self.budget))
 
 
 def key_digest(key: str) -> bytes:
@@ -149,6 +180,10 @@ class WrapperSettings(_Section):
     # model or public name -> models tried in order when it has no healthy instance or failed before answering
     fallbacks: dict[NonEmpty, list[NonEmpty]] = {}
     answer_public_name: bool = True  # an alias's answer names the public name in `model` (else the served one)
+    # API keys kept in Consul's KV store under this prefix (wrapper/key_watch.py); null: not watched
+    keys_consul_prefix: str | None = None
+    rate_window: float = Field(60.0, gt=0)  # seconds of the "minute" of rpm/tpm (shorter only for tests)
+    usage_days: int = Field(30, ge=1)  # hourly usage figures are kept this many days
 
 
 class WorkerSettings(_Section):
@@ -187,6 +222,16 @@ class TracingSettings(_Section):
     service_name: str | None = None  # default: openai-api-wrapper / openai-api-wrapper-worker
 
 
+class RedisSettings(_Section):
+    """Where the wrapper replicas share their rate-limit and usage counters (wrapper/limits.py)."""
+
+    url: SecretStr | None = None  # redis://host:port/db; null: counters in each process's memory
+    fail_closed: bool = False  # Redis unreachable: 503 instead of letting requests through
+    timeout: float = Field(0.25, gt=0)  # seconds per Redis call (connect or answer) before it counts as down
+    retry_interval: float = Field(1.0, gt=0)  # seconds between checks whether an unreachable Redis is back
+    prefix: str = "oaw:"  # of every Redis key the wrapper writes
+
+
 class Settings(_Section):
     consul: ConsulSettings = ConsulSettings()
     limits: LimitSettings = LimitSettings()
@@ -196,6 +241,7 @@ class Settings(_Section):
     security: SecuritySettings = SecuritySettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
+    redis: RedisSettings = RedisSettings()
     source: str = Field("<defaults>", exclude=True)
 
 
@@ -235,8 +281,11 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[
     worker = dict(raw.get("worker") or {})
     if environ.get("WORKER_SECRET"):
         worker["secret"] = environ["WORKER_SECRET"]
+    redis = dict(raw.get("redis") or {})
+    if environ.get("REDIS_URL"):
+        redis["url"] = environ["REDIS_URL"]
     out = dict(raw)
-    for name, section in (("consul", consul), ("openai", upstream), ("worker", worker)):
+    for name, section in (("consul", consul), ("openai", upstream), ("worker", worker), ("redis", redis)):
         if section:
             out[name] = section
     return out

@@ -23,6 +23,10 @@ class TokenUsage:
     prompt_tokens: int
     completion_tokens: int
 
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
 
 def _parse(obj: bytes) -> TokenUsage | None:
     try:

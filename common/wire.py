@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
 import struct
@@ -53,6 +54,9 @@ INPUT_FIELD = {Capability.CHAT: "messages", Capability.COMPLETION: "prompt", Cap
 
 # Endpoints whose body is multipart/form-data (an upload) rather than JSON.
 MULTIPART = frozenset({Capability.TRANSCRIPTION, Capability.TRANSLATION, Capability.IMAGE_EDIT})
+
+# Streams that end with a usage chunk when `stream_options.include_usage` asks for it.
+USAGE_CHUNK_STREAMS = frozenset({Capability.CHAT, Capability.COMPLETION})
 
 # Endpoints whose answer is binary (audio), relayed chunk by chunk as it arrives, never read whole.
 BINARY_ANSWER = frozenset({Capability.SPEECH})
@@ -563,3 +567,59 @@ def rename_model(data: bytes, name: str, count: int = 1) -> bytes:
     quotes are escaped, so message text never matches)."""
     value = b'"model":' + orjson.dumps(name)
     return _MODEL_FIELD.sub(value, data, count=count)
+
+
+
+# ---- rate limits and usage (wrapper/limits.py) -------------------------------------------------------
+
+def duration(seconds: float) -> str:
+    """A reset time as OpenAI writes it in x-ratelimit-reset-*: "20ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(round(seconds * 1000), 0)}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+def ratelimit_headers(kind: str, limit: int, remaining: int, reset: float) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for `kind` ("requests" or "tokens")."""
+    return {f"x-ratelimit-limit-{kind}": str(limit), f"x-ratelimit-remaining-{kind}": str(max(remaining, 0)),
+            f"x-ratelimit-reset-{kind}": duration(reset)}
+
+
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """Retry-After in whole seconds, and the openai SDK's finer retry-after-ms."""
+    return {"Retry-After": str(max(math.ceil(seconds), 1)), "retry-after-ms": str(max(math.ceil(seconds * 1000), 1))}
+
+
+def with_include_usage(raw: bytes) -> bytes:
+    """A stream request's body asking for the usage chunk (only re-encoded when a limit needs it)."""
+    body = orjson.loads(raw)
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    body["stream_options"] = {**options, "include_usage": True}
+    return orjson.dumps(body)
+
+
+def is_usage_chunk(event: bytes) -> bool:
+    """Whether an SSE event is the usage-only chunk a stream ends with when include_usage is asked."""
+    if not event.startswith(b"data: {") or b'"usage"' not in event:
+        return False
+    try:
+        obj = orjson.loads(event[6:])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
+def usage_entry(key_name: str, model: str, hour: int, requests: int, prompt_tokens: int,
+                completion_tokens: int, errors: int) -> dict[str, Any]:
+    """One row of GET /admin/usage: a key's use of a model in the hour starting at `hour` (unix time)."""
+    return {"object": "usage.bucket", "key_name": key_name, "model": model, "start_time": hour,
+            "end_time": hour + 3600, "requests": requests, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens,
+            "errors": errors}
+
+
+def usage_list(rows: list[dict[str, Any]], start_time: int, end_time: int) -> dict[str, Any]:
+    return {"object": "list", "start_time": start_time, "end_time": end_time, "data": rows}

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncGenerator
+from typing import NamedTuple
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -28,7 +29,7 @@ from common.http import (
     unless_disconnected,
 )
 from common.metrics import Observation
-from common.settings import Settings, load_api_keys, secret
+from common.settings import ApiKey, Settings, load_api_keys, secret
 from common.wire import Capability
 from svc_mgr import POLICIES, Discovery, RouteRules, RoutingTable
 from svc_mgr.affinity import Affinity
@@ -36,11 +37,27 @@ from svc_mgr.affinity import Affinity
 from .affinity_key import SESSION_HEADER, affinity_key
 from .auth import KeyRing
 from .hop import Hop
+from .key_watch import KeyWatch
+from .limits import Limiter
 from .metrics import WrapperMetrics
 from .model_plan import SERVED_MODEL_HEADER, ModelPlan, Reroute, renamed_json, renamed_stream
 from .observe import Observer
 from .status import status_endpoints
 from .unsupported import add_unsupported_routes
+from .usage_api import usage_endpoint
+
+
+class Admitted(NamedTuple):
+    """A request past its checks, on its way to a worker."""
+
+    request: Request
+    rid: str
+    capability: Capability
+    model: str
+    stream: bool
+    content_type: str | None  # a form's, sent on with its boundary
+    affinity: bytes | None  # the affinity balancer's key
+    obs: Observation | None  # the metrics' record of it
 
 
 class WrapperHealth(BaseModel):
@@ -49,6 +66,7 @@ class WrapperHealth(BaseModel):
     models: int  # routable models
     in_flight: int
     consul: str  # "up" or "down"
+    limits: dict[str, str | int] | None = None  # the rate-limit store: memory or redis, up or down, outages
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +82,10 @@ class Wrapper:
         self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown,
                                   RouteRules(settings.wrapper.routes), self.affinity)
         self.plan = ModelPlan(settings.wrapper)
-        self.keys = KeyRing(load_api_keys(settings))
+        prefix = settings.wrapper.keys_consul_prefix
+        self.keys = KeyRing(load_api_keys(settings), watched=prefix is not None)
+        self.key_watch = KeyWatch(settings.consul, prefix, self.keys) if prefix is not None else None
+        self.limits = Limiter(settings)
         worker_secret = secret(settings.worker.secret)
         self.hop = Hop(self.table, settings.wrapper, worker_secret)
         self._secret = worker_secret.encode() if worker_secret else None
@@ -118,6 +139,15 @@ class Wrapper:
         self.observer.admitted(request, model)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
+        request_ = Admitted(request, rid, capability, model, stream, content_type, affinity, obs)
+        # wrapper/limits.py: 429 over a limit, before a worker is chosen; a stream's usage chunk is asked for
+        ticket = await self.limits.admit(key, model, raw, stream and capability in wire.USAGE_CHUNK_STREAMS)
+        if ticket is not None:
+            return await ticket.settle(self._relay(request_, ticket.body, key, body))
+        return await self._relay(request_, raw, key, body)
+
+    async def _relay(self, admitted: Admitted, raw: bytes, key: ApiKey | None, body: dict | None) -> Response:
+        request, rid, capability, model, stream, content_type, affinity, obs = admitted
         if body is not None:
             reroute = Reroute(model, self.plan.chain(model, affinity, lambda m: self.keys.allows(key, m)), body, raw)
             return await self._reroute(request, reroute, capability, stream, affinity, rid)
@@ -209,7 +239,9 @@ class Wrapper:
 
     async def health(self, request: Request) -> Response:
         health = {"status": "ok", "models": len(self.table.models()), "in_flight": self.table.in_flight(),
-                  "consul": "down" if self.discovery.outage.down else "up"}
+                  "consul": "down" if self.discovery.outage.down else "up",
+                  "limits": {"store": self.limits.backend, "state": "down" if self.limits.down else "up",
+                             "outages": self.limits.outages, "unchecked": self.limits.unchecked}}
         if presents_secret(request, self._secret):
             health["pid"] = os.getpid()
         return json_response(health)
@@ -217,15 +249,24 @@ class Wrapper:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object) -> AsyncGenerator[None, None]:
         await self.hop.start()
+        await self.limits.start()
+        if self.key_watch is not None:
+            await self.key_watch.start()
         await self.discovery.start()
         try:
             await asyncio.wait_for(self.discovery.ready.wait(), 5)
         except TimeoutError:
             log.warning("Consul at %s has not answered yet; starting with an empty routing table",
                         self.settings.consul.address)
+        if self.key_watch is not None and not self.key_watch.ready.is_set():
+            with contextlib.suppress(TimeoutError):  # until then, only the configured keys are known
+                await asyncio.wait_for(self.key_watch.ready.wait(), 5)
         try:
             yield
         finally:
+            if self.key_watch is not None:
+                await self.key_watch.stop()
+            await self.limits.close()
             await self.discovery.stop()
             await self.hop.close()
             if self.observer.exporter is not None:
@@ -246,4 +287,5 @@ class Wrapper:
         api.add_api_route("/status", page, methods=["GET"], include_in_schema=False)
         api.add_api_route("/status.json", data, methods=["GET"], include_in_schema=False)
         add_unsupported_routes(api)
+        api.add_api_route("/admin/usage", usage_endpoint(self.keys, self.limits), methods=["GET"])
         return asgi

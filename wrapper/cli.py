@@ -25,6 +25,9 @@ def main(argv: Sequence[str]) -> int:
     processes = args.processes or settings.wrapper.processes
     # the status page shows the number of processes
     settings = settings.model_copy(update={"wrapper": settings.wrapper.model_copy(update={"processes": processes})})
+    if processes > 1 and settings.redis.url is None:
+        log.warning("redis.url is not set: each of the %d processes keeps its own rate-limit counters, so a key "
+                    "may get up to %d times its limits (docs/keys-and-limits.md)", processes, processes)
     log.info("wrapper listening on http://%s:%s/v1 with %d process(es) (Consul at %s)", args.host, args.port,
              processes, settings.consul.address)
     return supervise(settings, args.host, args.port, processes, args.log_level, args.log_format)
@@ -34,7 +37,8 @@ def guards(settings: Settings) -> list[Guard]:
     """The wrapper's security settings, checked here once for every process (raises ConfigError on a bad
     or duplicated key, before any process starts)."""
     return [
-        Guard("wrapper.api_keys (or wrapper.api_keys_file)", bool(load_api_keys(settings)),
+        Guard("wrapper.api_keys (or wrapper.api_keys_file, wrapper.keys_consul_prefix)",
+              bool(load_api_keys(settings)) or settings.wrapper.keys_consul_prefix is not None,
               "no API keys configured: the wrapper accepts every caller"),
         Guard("worker.secret (or WORKER_SECRET)", settings.worker.secret is not None,
               "no worker secret set: the wrapper sends none, so its workers take calls from anyone who can reach them"),
