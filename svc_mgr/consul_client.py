@@ -31,6 +31,10 @@ class Answer:
     index: int  # X-Consul-Index: pass it back as `index` to block until something changed
     raw: bytes  # compared as is: an unchanged answer need not be decoded
     filtered_by_acls: bool  # X-Consul-Results-Filtered-By-ACLs (Consul >= 1.11): the token hid entries
+    # how far behind the leader the answering server may be: X-Consul-LastContact (ms) in seconds, and
+    # X-Consul-KnownLeader; a leader's own answer says 0 and true
+    last_contact: float = 0.0
+    known_leader: bool = True
 
     def json(self) -> Any:
         return orjson.loads(self.raw)
@@ -76,7 +80,9 @@ class _SessionTransport(consul.base.HTTPClient):
             if resp.status != 200:
                 raise ConsulException(f"{resp.status} from GET {path}: {content[:200].decode('utf-8', 'replace')}")
             return Answer(index=int(resp.headers.get("X-Consul-Index", "0")), raw=content,
-                          filtered_by_acls=resp.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true")
+                          filtered_by_acls=resp.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true",
+                          last_contact=int(resp.headers.get("X-Consul-LastContact", "0")) / 1000,
+                          known_leader=resp.headers.get("X-Consul-KnownLeader", "true") == "true")
 
     async def close(self) -> None:
         if self._session is not None:
@@ -108,7 +114,14 @@ class AsyncConsul(consul.base.Consul):
         if self.consistency != "default":
             query[self.consistency] = "1"
         headers = {"X-Consul-Token": self.token} if self.token else {}
-        return await self.http.read(path, query, headers)
+        answer = await self.http.read(path, query, headers)
+        if self.consistency == "stale" and (answer.last_contact > self.settings.max_stale or not answer.known_leader):
+            # this server lost touch with the leader (partitioned, or an election is under way): ask the
+            # leader now, without blocking; Consul holds the read until a leader is elected
+            # (rpc_hold_timeout), and fails it after that like an outage
+            query = {k: v for k, v in query.items() if k not in ("stale", "index", "wait")}
+            answer = await self.http.read(path, query, headers)
+        return answer
 
     async def close(self) -> None:
         await self.http.close()
