@@ -5,13 +5,14 @@ import json
 import sys
 from pathlib import Path
 
-PATH_ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "starlette-min"]
+PATH_ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "wrapper-cluster", "starlette-min"]
 PATH_LABEL = {
     "direct": "direct → worker (EchoGen)",
     "nginx": "nginx → worker",
     "wrapper": "wrapper → worker",
     "litellm": "LiteLLM proxy → worker",
     "wrapper-2proc": "wrapper --processes 2 → worker",
+    "wrapper-cluster": "wrapper (3-server Consul cluster, via a client agent) → worker",
     "starlette-min": "minimal Starlette endpoint (no worker)",
 }
 

@@ -42,7 +42,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .stack import BENCH, BENCH_VENV, ROOT, Stack, consul_put, machine, rss_mib
+from svc_mgr.entry import model_tags, service_id
+from tests.support.consul_cluster import ConsulCluster
+from tests.support.procs import free_port, python_script
+
+from .stack import BENCH, BENCH_VENV, ROOT, Service, Stack, consul_put, machine, rss_mib
 
 REQS_BENCH = ROOT / "requirements-bench.txt"
 FAKE_NODE = "bench-fake-node"
@@ -50,7 +54,7 @@ FAKE_SERVICE = "bench-fake"
 SCALE_MODEL = "echo-scale"
 PACED_MODEL = "echo-paced"
 PACED_DELAY = 0.002
-PATH_ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "starlette-min"]
+PATH_ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "wrapper-cluster", "starlette-min"]
 REAL_MODEL = "smollm2-135m-instruct"
 REAL_MODEL_TOKENS = 64
 # a question whose greedy answer is longer than REAL_MODEL_TOKENS, so every stream is cut at the same length
@@ -168,6 +172,7 @@ class Bench:
         self.work = work
         self.results: dict = {"notes": [], "json": {}, "stream": {}, "scale": []}
         self.bodies: dict[str, Path] = {}
+        self.cluster: ConsulCluster | None = None
         from .load import have_wrk
         self.tool = args.loadgen if args.loadgen != "auto" else ("wrk" if have_wrk() else "python")
         if self.tool == "python":
@@ -221,11 +226,38 @@ class Bench:
                 self.paths["wrapper-2proc"] = BenchPath(w2.url, {"proxy": w2.pid, "worker": w}, chat)
             else:
                 self.results["notes"].append("this wrapper has no --processes option: no 2-process row.")
+            if not a.no_cluster:
+                wc = self.start_cluster_row()
+                self.paths["wrapper-cluster"] = BenchPath(wc.url, {"proxy": wc.pid, "worker": w}, chat)
         for p in self.paths.values():
             check_chat(p.url + "/v1/chat/completions", Path(p.body).read_bytes(), SHORT_TEXT,
                        {"Authorization": f"Bearer {p.auth}"} if p.auth else None)
         log(f"all paths answer: {', '.join(self.paths)}; load generator: {self.tool}")
         self.results["idle_cores"] = self.idle_cpu(1.0 if a.quick else 3.0)
+
+    def start_cluster_row(self) -> Service:
+        """A wrapper reading a real 3-server Consul cluster through a client agent (deploy/consul/*.hcl, with
+        Consul's own timing), the bench's EchoGen worker registered there too, by its client agent."""
+        log("starting a 3-server Consul cluster and a client agent for the wrapper-cluster row")
+        self.cluster = ConsulCluster(self.stack.procs, nodes=1, fast=False, root=self.work)
+        agent = self.cluster.clients[0]
+        sid = service_id("echo", "127.0.0.1", self.worker.port)
+        consul_put(agent.addr, "/v1/agent/service/register", {
+            "Name": "echo", "ID": sid, "Address": "127.0.0.1", "Port": self.worker.port, "Tags": model_tags(["echo"]),
+            "Check": {"HTTP": f"{self.worker.url}/health?id={sid}", "Interval": "1s", "Timeout": "1s",
+                      "Status": "passing"}})
+        port = free_port()
+        proc = self.stack.procs.start("wrapper-cluster", python_script(
+            "main_openai_wrapper_v2.py", "127.0.0.1", str(port), "--log-level", "warning"),
+            env={"CONSUL_HTTP_ADDR": agent.addr})
+        wrapper = self.stack.services["wrapper-cluster"] = Service("wrapper-cluster", proc, port)
+        self.stack.wait_routable(wrapper, "echo")
+        return wrapper
+
+    def stop_cluster_row(self) -> None:
+        self.stack.stop("wrapper-cluster")
+        if self.cluster is not None:
+            self.cluster.close()  # its agents, then its data dirs
 
     def idle_cpu(self, seconds: float) -> dict[str, float]:
         """CPU each of our processes uses with no load (background tasks), and the rest of the machine."""
@@ -552,6 +584,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the wrapper")
     p.add_argument("--no-variants", action="store_true",
                    help="skip the extra row of a wrapper started with --processes 2")
+    p.add_argument("--no-cluster", action="store_true",
+                   help="skip the row of a wrapper reading a 3-server Consul cluster through a client agent "
+                        "(also skipped by --no-variants)")
     p.add_argument("--profile", action="store_true", help="profile the wrapper in a --quick run too")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator (auto: wrk if installed, else bench/pyload.py)")
@@ -619,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.profile_phase()
         for name in ("litellm", "nginx", "wrapper-2proc", "starlette-min"):
             stack.stop(name)  # only the wrapper and its worker matter from here on
+        bench.stop_cluster_row()
         if args.real_model:
             bench.real_model_phase()  # with only Consul, the EchoGen workers and the wrapper left running
         bench.memory_phase()

@@ -1,5 +1,5 @@
 # A Consul client agent: one on every machine that runs workers or wrappers (docs/deployment.md).
-# tests/support/consul_cluster.py runs this file. Per machine, on the command line (deploy/consul/consul@.service):
+# tests/support/consul_cluster.py runs this file. Per machine, on the command line (deploy/systemd/consul.service):
 #   -node NAME -bind ADDRESS -data-dir DIR -retry-join SERVER ... (the servers' addresses)
 # Workers register with this agent (it runs their health checks and gossips the machine's health);
 # wrappers read the catalog through it. Neither talks to the servers directly.

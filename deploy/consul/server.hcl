@@ -1,5 +1,5 @@
 # A Consul server of a 3-server cluster (docs/deployment.md). tests/support/consul_cluster.py runs this file.
-# What differs per machine comes on the command line (deploy/consul/consul@.service):
+# What differs per machine comes on the command line (deploy/systemd/consul.service):
 #   -node NAME -bind ADDRESS -data-dir DIR -retry-join SERVER ... (the other servers' addresses)
 server           = true
 bootstrap_expect = 3          # no leader until three servers joined; they tolerate the loss of one

@@ -39,8 +39,10 @@ def free_port_on(host: str) -> int:
 class Agent:
     """One Consul agent (server or client) of the cluster; kill() and start() again keep its data dir."""
 
-    def __init__(self, procs: Procs, role: str, name: str, bind: str, data_dir: Path, join: list[str]) -> None:
+    def __init__(self, procs: Procs, role: str, name: str, bind: str, data_dir: Path, join: list[str],
+                 fast: bool = True) -> None:
         self.procs, self.role, self.name, self.bind, self.data_dir, self.join = procs, role, name, bind, data_dir, join
+        self.fast = fast
         self.http_port = free_port_on("127.0.0.1")
         self.serf_port = free_port_on(bind)
         self.server_port = free_port_on(bind)
@@ -59,8 +61,8 @@ class Agent:
                  f"serf_wan = {free_port_on(self.bind)} }}")
         joins = [arg for address in self.join for arg in ("-retry-join", address)]
         return [consul_binary(), "agent", "-config-file", str(DEPLOY / f"{self.role}.hcl"), "-node", self.name,
-                "-bind", self.bind, "-data-dir", str(self.data_dir), *joins, "-hcl", ports, "-hcl", FAST_HCL,
-                "-log-level", "warn"]
+                "-bind", self.bind, "-data-dir", str(self.data_dir), *joins, "-hcl", ports,
+                *(["-hcl", FAST_HCL] if self.fast else []), "-log-level", "warn"]
 
     def start(self) -> None:
         self.proc = self.procs.start(self.name, self.argv())
@@ -88,19 +90,21 @@ class Agent:
 
 
 class ConsulCluster:
-    """3 servers and `nodes` client agents, all alive and agreeing on a leader once constructed."""
+    """3 servers and `nodes` client agents, all alive and agreeing on a leader once constructed.
+    fast=False: the shipped configs alone (Consul's own gossip timing), as the bench runs them."""
 
-    def __init__(self, procs: Procs, nodes: int = 2) -> None:
+    def __init__(self, procs: Procs, nodes: int = 2, fast: bool = True, root: Path | None = None) -> None:
         self.procs = procs
-        self.root = Path(tempfile.mkdtemp(prefix="consul-cluster-"))
+        self.root = Path(tempfile.mkdtemp(prefix="consul-cluster-", dir=root))
         tag = uuid.uuid4().hex[:6]  # node names unique even if two clusters ran on this machine at once
         self.servers: list[Agent] = []
         for i, bind in enumerate(SERVER_ADDRESSES, 1):
-            self.servers.append(Agent(procs, "server", f"server-{i}-{tag}", bind, self.root / f"server-{i}", []))
+            self.servers.append(Agent(procs, "server", f"server-{i}-{tag}", bind, self.root / f"server-{i}", [], fast))
         joins = [f"{s.bind}:{s.serf_port}" for s in self.servers]
         for server in self.servers:
             server.join = [j for j in joins if not j.startswith(server.bind + ":")]
-        self.clients = [Agent(procs, "client", f"node-{i}-{tag}", f"127.0.0.{10 + i}", self.root / f"node-{i}", joins)
+        self.clients = [Agent(procs, "client", f"node-{i}-{tag}", f"127.0.0.{10 + i}", self.root / f"node-{i}", joins,
+                              fast)
                         for i in range(1, nodes + 1)]
         for agent in self.agents:
             agent.start()

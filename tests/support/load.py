@@ -64,7 +64,7 @@ class BackgroundLoad:
                             self.result.ok[model] += 1
                         else:
                             self.result.failed.append((model, f"{resp.status}: {(await resp.text())[:200]}"))
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     self.result.failed.append((model, f"{exc.__class__.__name__}: {exc}"))
 
         timeout = aiohttp.ClientTimeout(total=self.timeout)
