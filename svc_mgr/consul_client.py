@@ -7,6 +7,7 @@ wrapper's whole-catalog query, whose answer is too large for the stdlib decoder 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import orjson
 from common.settings import ConsulSettings, secret
 
 ConsulException = consul.base.ConsulException
+log = logging.getLogger(__name__)
 
 # every request of one client shares these connections: a bounded number whatever the caller does
 # (Consul refuses more than http_max_conns_per_client, 200 by default, from one address)
@@ -97,6 +99,7 @@ class AsyncConsul(consul.base.Consul):
         super().__init__(host=settings.host, port=settings.port, scheme=settings.scheme,
                          token=secret(settings.token), verify=settings.verify,
                          consistency="stale" if settings.stale else "default")
+        self._leaderless = False  # the last stale answer could not be checked with a leader (logged once)
 
     def http_connect(self, host, port, scheme, verify=True, cert=None, timeout=None):
         # python-consul2 re-reads CONSUL_HTTP_ADDR with a looser parser (no default port, no bare
@@ -116,11 +119,24 @@ class AsyncConsul(consul.base.Consul):
         headers = {"X-Consul-Token": self.token} if self.token else {}
         answer = await self.http.read(path, query, headers)
         if self.consistency == "stale" and (answer.last_contact > self.settings.max_stale or not answer.known_leader):
+            if self._leaderless and not answer.known_leader:
+                return answer  # asking would only wait rpc_hold_timeout again for a leader nobody knows
             # this server lost touch with the leader (partitioned, or an election is under way): ask the
-            # leader now, without blocking; Consul holds the read until a leader is elected
-            # (rpc_hold_timeout), and fails it after that like an outage
+            # leader now, without blocking; Consul holds the read until a leader is elected (rpc_hold_timeout)
             query = {k: v for k, v in query.items() if k not in ("stale", "index", "wait")}
-            answer = await self.http.read(path, query, headers)
+            try:
+                answer = await self.http.read(path, query, headers)
+            except ConsulException as exc:
+                # no leader at all (quorum lost): nothing can be registered or deregistered until there is
+                # one, so the stale answer is the newest there is; better than no routes
+                if not self._leaderless:
+                    log.warning("no Consul leader answered (%s); using the servers' stale answers until one "
+                                "does", exc)
+                self._leaderless = True
+                return answer
+        if self._leaderless:
+            log.info("a Consul leader answers again")
+            self._leaderless = False
         return answer
 
     async def close(self) -> None:

@@ -83,6 +83,11 @@ class Agent:
     def services(self, token: str | None = None) -> dict:
         return get_json(f"http://{self.addr}/v1/agent/services", {"X-Consul-Token": token} if token else None)[1]
 
+    def catalog_index(self) -> str:
+        """The catalog's index as this agent's server holds it (a stale read: no forwarding to the leader)."""
+        with urllib.request.urlopen(f"http://{self.addr}/v1/catalog/services?stale", timeout=2) as resp:
+            return resp.headers["X-Consul-Index"]
+
     def members(self) -> dict[str, int]:
         """Serf member name -> status (1 alive, 2 leaving, 3 left, 4 failed), as this agent sees them."""
         with urllib.request.urlopen(f"http://{self.addr}/v1/agent/members", timeout=2) as resp:
@@ -135,6 +140,12 @@ class ConsulCluster:
         leader = self.leader()
         assert leader is not None
         return leader
+
+    def wait_replicated(self, timeout: float = 30) -> None:
+        """Until every live server has applied what the leader has (the same catalog index, read stale)."""
+        def same_index() -> bool:
+            return len({server.catalog_index() for server in self.servers if server.alive()}) == 1
+        wait_until(same_index, timeout, "the servers to apply the same raft index", interval=0.1)
 
     def close(self) -> None:
         for agent in self.agents:

@@ -4,6 +4,7 @@ in tests/e2e/test_cluster.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
@@ -11,9 +12,10 @@ from common.settings import ConsulSettings
 from svc_mgr.consul_client import connect
 
 
-def _ask(settings: dict, stale_headers: dict[str, str]) -> tuple[list[dict[str, str]], bytes]:
-    """The queries a read of the checks sent, and the answer it returned. A stale query is answered with
-    `stale_headers`; any other from "the leader"."""
+def _ask(settings: dict, stale_headers: dict[str, str], leader: bool = True, reads: int = 1
+         ) -> tuple[list[dict[str, str]], bytes]:
+    """The queries `reads` reads of the checks sent, and the last answer. A stale query is answered with
+    `stale_headers`; any other from "the leader" (leader=False: a 500, as Consul without a leader)."""
     async def scenario() -> tuple[list[dict[str, str]], bytes]:
         asked: list[dict[str, str]] = []
 
@@ -21,6 +23,8 @@ def _ask(settings: dict, stale_headers: dict[str, str]) -> tuple[list[dict[str, 
             asked.append(dict(request.query))
             if "stale" in request.query:
                 return web.Response(body=b'["follower"]', headers={"X-Consul-Index": "40", **stale_headers})
+            if not leader:
+                return web.Response(status=500, text="No cluster leader")
             return web.Response(body=b'["leader"]', headers={"X-Consul-Index": "42", "X-Consul-LastContact": "0",
                                                               "X-Consul-KnownLeader": "true"})
 
@@ -31,7 +35,8 @@ def _ask(settings: dict, stale_headers: dict[str, str]) -> tuple[list[dict[str, 
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         consul = connect(ConsulSettings(port=runner.addresses[0][1], **settings))
         try:
-            got = await consul.read("/v1/health/state/any", index=7, wait="3s", params={"filter": "f"})
+            for _ in range(reads):
+                got = await consul.read("/v1/health/state/any", index=7, wait="3s", params={"filter": "f"})
             return asked, got.raw
         finally:
             await consul.close()
@@ -67,3 +72,14 @@ def test_without_stale_every_read_goes_to_the_leader_once():
 def test_stale_reads_with_a_bound_are_the_default():
     defaults = ConsulSettings()
     assert defaults.stale and defaults.max_stale == 5.0
+
+
+def test_without_a_leader_the_stale_answer_is_used_and_that_is_logged_once(caplog):
+    """Once no leader answered, answers of servers that know none are used without asking again."""
+    with caplog.at_level(logging.WARNING, "svc_mgr.consul_client"):
+        asked, raw = _ask({"stale": True}, {"X-Consul-LastContact": "9000", "X-Consul-KnownLeader": "false"},
+                          leader=False, reads=2)
+    assert len(asked) == 3 and raw == b'["follower"]'  # the second read does not ask the leader again
+    assert [r.getMessage() for r in caplog.records] == [
+        "no Consul leader answered (500 from GET /v1/health/state/any: No cluster leader); using the servers' "
+        "stale answers until one does"]
