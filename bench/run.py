@@ -11,7 +11,8 @@ It installs what it needs (the project's requirements and Consul via scripts/set
 Debian with apt-get; LiteLLM's proxy, matplotlib and py-spy from requirements-bench.txt into .venv-bench/,
 never into the project's environment), then starts on free loopback ports: a Consul dev agent, an EchoGen
 worker, a second EchoGen worker that paces its words, the wrapper, nginx as a keep-alive reverse proxy to
-the worker, LiteLLM's proxy with the worker as an `openai/` model, and a minimal Starlette endpoint. It
+the worker, LiteLLM's proxy with the worker as an `openai/` model, a minimal Starlette endpoint and (unless
+--no-cluster or --no-variants) a wrapper reading a 3-server Consul cluster through a client agent. It
 measures JSON chat throughput and latency (wrk), streaming, routing with 1 to 10,000 registered
 instances, the wrapper's memory over 100k requests and, with py-spy, where the wrapper's CPU goes. With
 --real-model (never part of --quick), once the other proxies are stopped: a worker serving SmolLM2-135M-

@@ -6,6 +6,7 @@ Layout: node 1 runs the wrapper(s) and a worker of SHARED; node 2 a worker of SH
 test but the last leaves the cluster as it found it (agents restarted), so the module shares one cluster."""
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -71,6 +72,7 @@ def test_killing_the_leader_under_load_fails_no_request_and_a_new_worker_is_rout
         registered = time.monotonic()  # start_worker returns once the agent lists the registration
         wait_until(lambda: routable(cluster_wrapper, newcomer), 10, f"{newcomer} to be routable", interval=0.02)
         took = time.monotonic() - registered
+        print(f"new leader after {new:.1f} s; a worker registered after it routable after {took:.2f} s")
         answered = load.answered()
         wait_until(lambda: load.answered() > answered + 50, 30, "the load to go on after the election")
     assert load.result.failed == [], str(load.result)
@@ -110,7 +112,7 @@ def test_killing_one_of_three_wrappers_behind_nginx_fails_no_request(module_proc
     front = start_nginx(procs, [r.port for r in replicas], tmp_path / "nginx")
     with BackgroundLoad(front + "/v1", [SHARED], max_seconds=90) as load:
         wait_until(lambda: load.answered() > 100, 30, "the load to get going")
-        replicas[0].proc.signal(9)
+        replicas[0].proc.signal(signal.SIGKILL)
         replicas[0].proc.popen.wait(10)
         answered = load.answered()
         wait_until(lambda: load.answered() > answered + 300, 30, "requests served by the two replicas left")
