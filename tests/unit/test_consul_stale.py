@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
 from aiohttp import web
 
-from common.settings import ConsulSettings
+from common.settings import ConfigError, ConsulSettings, load_settings
 from svc_mgr.consul_client import connect
 
 
@@ -83,3 +84,10 @@ def test_without_a_leader_the_stale_answer_is_used_and_that_is_logged_once(caplo
     assert [r.getMessage() for r in caplog.records] == [
         "no Consul leader answered (500 from GET /v1/health/state/any: No cluster leader); using the servers' "
         "stale answers until one does"]
+
+
+def test_a_bad_bound_names_the_key_and_the_file(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text("consul:\n  max_stale: 0\n")
+    with pytest.raises(ConfigError, match=rf"{path}: key 'consul.max_stale': Input should be greater than 0"):
+        load_settings(path, environ={})
