@@ -13,9 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "starlette-min"]
+ORDER = ["direct", "nginx", "wrapper", "litellm", "wrapper-2proc", "wrapper-cluster", "starlette-min"]
 COLORS = {"direct": "#4c72b0", "nginx": "#55a868", "wrapper": "#c44e52", "litellm": "#8172b2",
-          "wrapper-2proc": "#e8a0a2", "starlette-min": "#937860"}
+          "wrapper-2proc": "#e8a0a2", "wrapper-cluster": "#dd8452", "starlette-min": "#937860"}
 
 
 def main(src: Path, dst: Path) -> None:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "wrapper-key", "wrapper-limited", "litellm",
-              "wrapper-2proc", "starlette-min"]
+              "wrapper-2proc", "wrapper-cluster", "starlette-min"]
 PATH_LABEL = {
     "direct": "direct → worker (EchoGen)",
     "nginx": "nginx → worker",
@@ -16,6 +16,7 @@ PATH_LABEL = {
     "wrapper-nometrics": "wrapper, metrics off → worker",
     "wrapper-key": "wrapper, a key without limits (usage in Redis) → worker",
     "wrapper-limited": "wrapper, a key with rpm/tpm/max_concurrent (Redis) → worker",
+    "wrapper-cluster": "wrapper (3-server Consul cluster, via a client agent) → worker",
     "starlette-min": "minimal Starlette endpoint (no worker)",
 }
 

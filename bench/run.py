@@ -11,7 +11,8 @@ It installs what it needs (the project's requirements and Consul via scripts/set
 Debian with apt-get; LiteLLM's proxy, matplotlib and py-spy from requirements-bench.txt into .venv-bench/,
 never into the project's environment), then starts on free loopback ports: a Consul dev agent, an EchoGen
 worker, a second EchoGen worker that paces its words, the wrapper, nginx as a keep-alive reverse proxy to
-the worker, LiteLLM's proxy with the worker as an `openai/` model, and a minimal Starlette endpoint. It
+the worker, LiteLLM's proxy with the worker as an `openai/` model, a minimal Starlette endpoint and (unless
+--no-cluster or --no-variants) a wrapper reading a 3-server Consul cluster through a client agent. It
 measures JSON chat throughput and latency (wrk), streaming, routing with 1 to 10,000 registered
 instances, the wrapper's memory over 100k requests and, with py-spy, where the wrapper's CPU goes. With
 --real-model (never part of --quick), once the other proxies are stopped: a worker serving SmolLM2-135M-
@@ -42,7 +43,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .stack import BENCH, BENCH_VENV, ROOT, Stack, consul_put, machine, rss_mib
+from svc_mgr.entry import model_tags, service_id
+from tests.support.consul_cluster import ConsulCluster
+from tests.support.procs import free_port, python_script
+
+from .stack import BENCH, BENCH_VENV, ROOT, Service, Stack, consul_put, machine, rss_mib
 
 REQS_BENCH = ROOT / "requirements-bench.txt"
 FAKE_NODE = "bench-fake-node"
@@ -51,7 +56,7 @@ SCALE_MODEL = "echo-scale"
 PACED_MODEL = "echo-paced"
 PACED_DELAY = 0.002
 PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "wrapper-key", "wrapper-limited", "litellm",
-              "wrapper-2proc", "starlette-min"]
+              "wrapper-2proc", "wrapper-cluster", "starlette-min"]
 # the cost of #12's limits: keys on a wrapper whose counters are in a redis-server on loopback
 BENCH_FREE_KEY = "sk-bench-free-0123456789"
 BENCH_LIMITED_KEY = "sk-bench-limited-0123456789"
@@ -172,6 +177,7 @@ class Bench:
         self.work = work
         self.results: dict = {"notes": [], "json": {}, "stream": {}, "scale": []}
         self.bodies: dict[str, Path] = {}
+        self.cluster: ConsulCluster | None = None
         from .load import have_wrk
         self.tool = args.loadgen if args.loadgen != "auto" else ("wrk" if have_wrk() else "python")
         if self.tool == "python":
@@ -231,6 +237,9 @@ class Bench:
             w3 = s.start_wrapper("wrapper-nometrics", "--config", str(off))
             s.wait_routable(w3, "echo")
             self.paths["wrapper-nometrics"] = BenchPath(w3.url, {"proxy": w3.pid, "worker": w}, chat)
+            if not a.no_cluster:
+                wc = self.start_cluster_row()
+                self.paths["wrapper-cluster"] = BenchPath(wc.url, {"proxy": wc.pid, "worker": w}, chat)
         if not a.no_variants and not a.no_limits:
             self.start_limited(chat)
         for p in self.paths.values():
@@ -258,6 +267,30 @@ class Bench:
         watch = {"proxy": limited.pid, "worker": self.worker.pid, "redis": redis.proc.pid if redis.proc else 0}
         self.paths["wrapper-key"] = BenchPath(limited.url, watch, chat, BENCH_FREE_KEY)
         self.paths["wrapper-limited"] = BenchPath(limited.url, watch, chat, BENCH_LIMITED_KEY)
+
+    def start_cluster_row(self) -> Service:
+        """A wrapper reading a real 3-server Consul cluster through a client agent (deploy/consul/*.hcl, with
+        Consul's own timing), the bench's EchoGen worker registered there too, by its client agent."""
+        log("starting a 3-server Consul cluster and a client agent for the wrapper-cluster row")
+        self.cluster = ConsulCluster(self.stack.procs, nodes=1, fast=False, root=self.work)
+        agent = self.cluster.clients[0]
+        sid = service_id("echo", "127.0.0.1", self.worker.port)
+        consul_put(agent.addr, "/v1/agent/service/register", {
+            "Name": "echo", "ID": sid, "Address": "127.0.0.1", "Port": self.worker.port, "Tags": model_tags(["echo"]),
+            "Check": {"HTTP": f"{self.worker.url}/health?id={sid}", "Interval": "1s", "Timeout": "1s",
+                      "Status": "passing"}})
+        port = free_port()
+        proc = self.stack.procs.start("wrapper-cluster", python_script(
+            "main_openai_wrapper_v2.py", "127.0.0.1", str(port), "--log-level", "warning"),
+            env={"CONSUL_HTTP_ADDR": agent.addr})
+        wrapper = self.stack.services["wrapper-cluster"] = Service("wrapper-cluster", proc, port)
+        self.stack.wait_routable(wrapper, "echo")
+        return wrapper
+
+    def stop_cluster_row(self) -> None:
+        self.stack.stop("wrapper-cluster")
+        if self.cluster is not None:
+            self.cluster.close()  # its agents, then its data dirs
 
     def idle_cpu(self, seconds: float) -> dict[str, float]:
         """CPU each of our processes uses with no load (background tasks), and the rest of the machine."""
@@ -588,6 +621,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-limits", action="store_true", help="skip the rows with rate-limited keys (Redis)")
     p.add_argument("--no-variants", action="store_true",
                    help="skip the extra rows: a wrapper started with --processes 2, one with metrics off")
+    p.add_argument("--no-cluster", action="store_true",
+                   help="skip the row of a wrapper reading a 3-server Consul cluster through a client agent "
+                        "(also skipped by --no-variants)")
     p.add_argument("--profile", action="store_true", help="profile the wrapper in a --quick run too")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator (auto: wrk if installed, else bench/pyload.py)")
@@ -658,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.profile_phase()
         for name in ("litellm", "nginx", "wrapper-2proc", "wrapper-nometrics", "starlette-min"):
             stack.stop(name)  # only the wrapper and its worker matter from here on
+        bench.stop_cluster_row()
         if args.real_model:
             bench.real_model_phase()  # with only Consul, the EchoGen workers and the wrapper left running
         bench.memory_phase()

@@ -35,7 +35,11 @@ class ConsulSettings(_Section):
     scheme: Literal["http", "https"] = "http"
     token: SecretStr | None = None  # secrets print as ********** wherever settings are shown
     verify: bool = True
-    stale: bool = False  # the wrapper's catalog reads may be answered by any server, not only the leader
+    stale: bool = True  # the wrapper's catalog reads may be answered by any server, not only the leader
+
+    # a stale answer from a server out of touch with the leader longer than this (X-Consul-LastContact, in
+    # seconds), or knowing no leader, is read again from the leader
+    max_stale: float = Field(5.0, gt=0)
 
     @property
     def address(self) -> str:

@@ -7,6 +7,7 @@ wrapper's whole-catalog query, whose answer is too large for the stdlib decoder 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import orjson
 from common.settings import ConsulSettings, secret
 
 ConsulException = consul.base.ConsulException
+log = logging.getLogger(__name__)
 
 # every request of one client shares these connections: a bounded number whatever the caller does
 # (Consul refuses more than http_max_conns_per_client, 200 by default, from one address)
@@ -31,6 +33,10 @@ class Answer:
     index: int  # X-Consul-Index: pass it back as `index` to block until something changed
     raw: bytes  # compared as is: an unchanged answer need not be decoded
     filtered_by_acls: bool  # X-Consul-Results-Filtered-By-ACLs (Consul >= 1.11): the token hid entries
+    # how far behind the leader the answering server may be: X-Consul-LastContact (ms) in seconds, and
+    # X-Consul-KnownLeader; a leader's own answer says 0 and true
+    last_contact: float = 0.0
+    known_leader: bool = True
 
     def json(self) -> Any:
         return orjson.loads(self.raw)
@@ -76,7 +82,9 @@ class _SessionTransport(consul.base.HTTPClient):
             if resp.status != 200:
                 raise ConsulException(f"{resp.status} from GET {path}: {content[:200].decode('utf-8', 'replace')}")
             return Answer(index=int(resp.headers.get("X-Consul-Index", "0")), raw=content,
-                          filtered_by_acls=resp.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true")
+                          filtered_by_acls=resp.headers.get("X-Consul-Results-Filtered-By-ACLs") == "true",
+                          last_contact=int(resp.headers.get("X-Consul-LastContact", "0")) / 1000,
+                          known_leader=resp.headers.get("X-Consul-KnownLeader", "true") == "true")
 
     async def close(self) -> None:
         if self._session is not None:
@@ -91,6 +99,7 @@ class AsyncConsul(consul.base.Consul):
         super().__init__(host=settings.host, port=settings.port, scheme=settings.scheme,
                          token=secret(settings.token), verify=settings.verify,
                          consistency="stale" if settings.stale else "default")
+        self._leaderless = False  # the last stale answer could not be checked with a leader (logged once)
 
     def http_connect(self, host, port, scheme, verify=True, cert=None, timeout=None):
         # python-consul2 re-reads CONSUL_HTTP_ADDR with a looser parser (no default port, no bare
@@ -108,7 +117,27 @@ class AsyncConsul(consul.base.Consul):
         if self.consistency != "default":
             query[self.consistency] = "1"
         headers = {"X-Consul-Token": self.token} if self.token else {}
-        return await self.http.read(path, query, headers)
+        answer = await self.http.read(path, query, headers)
+        if self.consistency == "stale" and (answer.last_contact > self.settings.max_stale or not answer.known_leader):
+            if self._leaderless and not answer.known_leader:
+                return answer  # asking would only wait rpc_hold_timeout again for a leader nobody knows
+            # this server lost touch with the leader (partitioned, or an election is under way): ask the
+            # leader now, without blocking; Consul holds the read until a leader is elected (rpc_hold_timeout)
+            query = {k: v for k, v in query.items() if k not in ("stale", "index", "wait")}
+            try:
+                answer = await self.http.read(path, query, headers)
+            except ConsulException as exc:
+                # no leader at all (quorum lost): nothing can be registered or deregistered until there is
+                # one, so the stale answer is the newest there is; better than no routes
+                if not self._leaderless:
+                    log.warning("no Consul leader answered (%s); using the servers' stale answers until one "
+                                "does", exc)
+                self._leaderless = True
+                return answer
+        if self._leaderless:
+            log.info("a Consul leader answers again")
+            self._leaderless = False
+        return answer
 
     async def close(self) -> None:
         await self.http.close()
