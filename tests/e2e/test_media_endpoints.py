@@ -1,6 +1,6 @@
 """The media endpoints (speech, transcriptions, translations, images, moderations, rerank, score) of a real
-EchoGen worker process, called with the current openai SDK straight at the worker (the wrapper's routing of
-these endpoints is issue #11's other part), answers checked against OpenAI's spec."""
+EchoGen worker process, called with the current openai SDK straight at the worker and through a real
+wrapper (every test runs both ways), answers checked against OpenAI's spec."""
 from __future__ import annotations
 
 import base64
@@ -14,23 +14,36 @@ import openai
 import pytest
 
 from tests.support.procs import wait_until
-from tests.support.servers import start_worker, unique_model
+from tests.support.servers import routable, start_worker, start_wrapper, unique_model
 
 MODEL = unique_model("echo-media")
 MAX_UPLOAD = 64 * 1024  # the worker's limits.max_upload_bytes in this module
 
 
 @pytest.fixture(scope="module")
-def worker(module_procs, consul, tmp_path_factory):
+def config(tmp_path_factory):
     config = tmp_path_factory.mktemp("media") / "env.yaml"
     config.write_text(f"limits:\n  max_upload_bytes: {MAX_UPLOAD}\n")
+    return config
+
+
+@pytest.fixture(scope="module")
+def worker(module_procs, consul, config):
     return start_worker(module_procs, consul, "generators.echo.EchoGen", "--models", MODEL, "--config", str(config),
                         "--flag-word", "bananas")
 
 
 @pytest.fixture(scope="module")
-def client(worker):
-    with openai.OpenAI(base_url=worker.base_url, api_key="unused", max_retries=0, timeout=30) as c:
+def wrapper(module_procs, consul, config, worker):
+    wrapper = start_wrapper(module_procs, consul, "--config", str(config))
+    wait_until(lambda: routable(wrapper, MODEL), 15, "the media model routable through the wrapper")
+    return wrapper
+
+
+@pytest.fixture(scope="module", params=["worker", "wrapper"])
+def client(request):
+    server = request.getfixturevalue(request.param)
+    with openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=30) as c:
         yield c
 
 
