@@ -78,6 +78,18 @@ def test_the_capital_of_france_is_paris(client):
     assert answer.model == MODEL
 
 
+def test_the_responses_api_returns_the_models_text(client):
+    """client.responses.create through the wrapper, served by the worker's translation to chat (#11)."""
+    response = client.responses.create(model=MODEL, input=QUESTION[0]["content"], temperature=0,
+                                       max_output_tokens=16)
+    assert "Paris" in response.output_text and response.model == MODEL
+    assert response.usage is not None and response.usage.output_tokens > 0
+    streamed = "".join(event.delta for event in client.responses.create(
+        model=MODEL, input=QUESTION[0]["content"], temperature=0, max_output_tokens=16, stream=True)
+        if event.type == "response.output_text.delta")
+    assert streamed == response.output_text
+
+
 def test_streamed_text_equals_the_json_text(client):
     messages = [{"role": "user", "content": "Name three colours of the rainbow."}]
     whole = chat(client, messages, temperature=0, max_tokens=24)
