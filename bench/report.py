@@ -109,9 +109,12 @@ def targets(r: dict) -> list[dict]:
                               "median of paired streams)",
                     "value": f"{ratio:.3f} × direct", "met": ratio >= 0.98,
                     "gap": f"needs {0.98 / ratio:.3f}× more" if ratio < 0.98 else ""})
-        added = paired["ttft_added_ms_p50"]
-        out.append({"target": "real model (SmolLM2-135M): added time to first token ≤ 1 ms (median of paired "
-                              "streams)",
+        # with the worker's own first-event times, what the wrapper adds is told apart from the model's noise
+        around = paired.get("first_event_added_ms_p50")
+        added = around if around is not None else paired["ttft_added_ms_p50"]
+        how = ("beyond the worker's own time, from its /metrics" if around is not None
+               else "paired client-side times")
+        out.append({"target": f"real model (SmolLM2-135M): added time to first token ≤ 1 ms (median; {how})",
                     "value": f"{added:+.2f} ms", "met": added <= 1.0,
                     "gap": f"{added - 1:.2f} ms over" if added > 1 else ""})
     mem = r.get("memory")
@@ -269,7 +272,12 @@ def markdown(r: dict) -> str:
             lines += [f"Paired (each wrapper stream minus the direct stream just before it, median): the wrapper "
                       f"adds {real['paired']['ttft_added_ms_p50']:+.2f} ms to the time to first token and keeps "
                       f"{real['paired']['tokens_per_s_ratio_p50']:.3f} × the direct tokens/s. The spread of single "
-                      "streams (min – max above) shows how much of that is the machine's noise.", ""]
+                      "streams (min – max above) shows how much of that is the machine's noise."
+                      + (f" Subtracting, per stream, the worker's own time to its first event (from its /metrics) "
+                         f"leaves what the path adds around the model: the wrapper adds "
+                         f"{real['paired']['first_event_added_ms_p50']:+.2f} ms to the direct path's "
+                         f"{real['paired']['direct_around_worker_ms_p50']:.2f} ms."
+                         if "first_event_added_ms_p50" in real["paired"] else ""), ""]
 
     sc = r.get("scale") or []
     if sc:

@@ -504,7 +504,7 @@ class Bench:
         # CPU used meanwhile by processes not of this benchmark: the noise behind these figures
         pids = self.stack.pids()
         ours, busy, me, wall = (sum(map(cpu_seconds, pids)), machine_busy_seconds(), _own_cpu(), time.monotonic())
-        runs = token_streams(urls, body, a.real_model_streams)
+        runs = token_streams(urls, body, a.real_model_streams, worker.url + "/metrics")
         wall = time.monotonic() - wall
         other = (machine_busy_seconds() - busy - (sum(map(cpu_seconds, pids)) - ours) - (_own_cpu() - me)) / wall
         log(f"real model: {other:.2f} cores used by other processes meanwhile")
@@ -525,8 +525,17 @@ class Bench:
         pairs = list(zip(runs["direct"], runs["wrapper"], strict=True))  # each wrapper stream right after a direct one
         paired = {"ttft_added_ms_p50": statistics.median(w.ttft_ms - d.ttft_ms for d, w in pairs),
                   "tokens_per_s_ratio_p50": statistics.median(w.tokens_per_s / d.tokens_per_s for d, w in pairs)}
+        # the model's own time varies by tens of ms between two streams; the worker's /metrics say how long
+        # it took to its first event for each, so subtracting it leaves what each path adds around the model
+        around = [(d.first_event_ms - d.worker_first_event_ms, w.first_event_ms - w.worker_first_event_ms)
+                  for d, w in pairs if d.worker_first_event_ms is not None and w.worker_first_event_ms is not None]
+        if around:
+            paired["first_event_added_ms_p50"] = statistics.median(w - d for d, w in around)
+            paired["direct_around_worker_ms_p50"] = statistics.median(d for d, _ in around)
         log(f"real model, paired: wrapper adds {paired['ttft_added_ms_p50']:+.1f} ms TTFT, "
-            f"{paired['tokens_per_s_ratio_p50']:.3f} × the direct tokens/s (medians)")
+            f"{paired['tokens_per_s_ratio_p50']:.3f} × the direct tokens/s (medians)"
+            + (f"; {paired['first_event_added_ms_p50']:+.2f} ms to the first event beyond the worker's own time"
+               if around else ""))
         self.results["real_model"] = {
             "model": REAL_MODEL, "prompt": REAL_MODEL_PROMPT, "max_tokens": REAL_MODEL_TOKENS,
             "file": loaded.group(1) if loaded else None, "load_s": float(loaded.group(4)) if loaded else None,

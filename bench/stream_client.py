@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -112,6 +113,8 @@ class TokenStream:
     """One streamed chat answer of a real model: when its first text came, and how fast its tokens came."""
 
     ttft_ms: float             # request sent -> first event carrying text
+    first_event_ms: float      # request sent -> first event of any kind (the worker's role chunk, often)
+    worker_first_event_ms: float | None  # the worker's own arrival -> first event, from its /metrics
     completion_tokens: int     # from the usage chunk (stream_options.include_usage)
     stream_s: float            # request sent -> [DONE]
     tokens_per_s: float        # completion_tokens / stream_s
@@ -121,15 +124,32 @@ class TokenStream:
         return asdict(self)
 
 
-async def _token_stream(session: aiohttp.ClientSession, url: str, body: bytes) -> TokenStream:
+WORKER_TTFT_SUM = re.compile(rb"^oaw_worker_time_to_first_token_seconds_sum\{[^}]*\} (\S+)$", re.M)
+
+
+async def _worker_ttft_sum(session: aiohttp.ClientSession, metrics_url: str | None) -> float | None:
+    """The worker's total of first-event times so far (a Prometheus histogram's _sum), or None."""
+    if metrics_url is None:
+        return None
+    async with session.get(metrics_url) as resp:
+        found = WORKER_TTFT_SUM.findall(await resp.read())
+    return sum(float(v) for v in found) if found else None
+
+
+async def _token_stream(session: aiohttp.ClientSession, url: str, body: bytes,
+                        worker_metrics: str | None = None) -> TokenStream:
+    before = await _worker_ttft_sum(session, worker_metrics)
     t0 = time.perf_counter()
     first: float | None = None
+    first_event: float | None = None
     tokens, finish, done = 0, None, False
     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
         async for parts in _events_per_read(resp):
             for part in parts:
                 if not part.startswith(b"data: "):
                     continue
+                if first_event is None:
+                    first_event = time.perf_counter()
                 if part == b"data: [DONE]":
                     done = True
                     continue
@@ -141,23 +161,30 @@ async def _token_stream(session: aiohttp.ClientSession, url: str, body: bytes) -
                 if event.get("usage"):
                     tokens = event["usage"]["completion_tokens"]
     end = time.perf_counter()
-    if not done or first is None:
+    if not done or first is None or first_event is None:
         raise RuntimeError(f"stream from {url} ended without text or without data: [DONE]")
-    return TokenStream(ttft_ms=(first - t0) * 1000, completion_tokens=tokens, stream_s=end - t0,
+    after = await _worker_ttft_sum(session, worker_metrics)
+    worker_first = (after - before) * 1000 if after is not None and before is not None else None
+    return TokenStream(ttft_ms=(first - t0) * 1000, first_event_ms=(first_event - t0) * 1000,
+                       worker_first_event_ms=worker_first, completion_tokens=tokens, stream_s=end - t0,
                        tokens_per_s=tokens / (end - t0), finish_reason=finish)
 
 
-async def _token_streams(urls: dict[str, str], body: bytes, repetitions: int) -> dict[str, list[TokenStream]]:
+async def _token_streams(urls: dict[str, str], body: bytes, repetitions: int,
+                         worker_metrics: str | None) -> dict[str, list[TokenStream]]:
     out: dict[str, list[TokenStream]] = {name: [] for name in urls}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         for url in urls.values():  # warm each path's connection (and the model) once
             await _token_stream(session, url, body)
         for _ in range(repetitions):
             for name, url in urls.items():  # interleaved, so drift on the machine hits every path alike
-                out[name].append(await _token_stream(session, url, body))
+                out[name].append(await _token_stream(session, url, body, worker_metrics))
     return out
 
 
-def token_streams(urls: dict[str, str], body: bytes, repetitions: int) -> dict[str, list[TokenStream]]:
-    """`repetitions` streams per path (base URL of /v1/chat/completions), one at a time, paths interleaved."""
-    return asyncio.run(_token_streams(urls, body, repetitions))
+def token_streams(urls: dict[str, str], body: bytes, repetitions: int,
+                  worker_metrics: str | None = None) -> dict[str, list[TokenStream]]:
+    """`repetitions` streams per path (base URL of /v1/chat/completions), one at a time, paths interleaved.
+    With `worker_metrics` (the worker's /metrics URL) each stream also gets the worker's own time to its
+    first event, so what the path adds can be told from what the model took."""
+    return asyncio.run(_token_streams(urls, body, repetitions, worker_metrics))
