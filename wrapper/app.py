@@ -37,6 +37,7 @@ from svc_mgr.affinity import Affinity
 from .affinity_key import SESSION_HEADER, affinity_key
 from .auth import KeyRing
 from .hop import Hop
+from .key_metrics import KeyMetrics
 from .key_watch import KeyWatch
 from .limits import Limiter
 from .metrics import WrapperMetrics
@@ -94,6 +95,8 @@ class Wrapper:
         self.metrics = WrapperMetrics(self.table, lambda: self.discovery.heard_at, lambda: self.discovery.outage.down,
                                       settings.metrics.server_timing) if settings.metrics.enabled else None
         self.hop.observer = self.metrics
+        if self.metrics is not None:  # keys may arrive later (Consul KV): the counters are there from the start
+            self.limits.metrics = KeyMetrics(self.metrics.exposition.registry, self.table.known_models.__contains__)
         self.observer = Observer(self.table, tracing.build_exporter(settings.tracing, "openai-api-wrapper"))
         self.hop.trace_headers = self.observer.attempt_headers
 
