@@ -188,6 +188,8 @@ class WrapperSettings(_Section):
     keys_consul_prefix: str | None = None
     rate_window: float = Field(60.0, gt=0)  # seconds of the "minute" of rpm/tpm (shorter only for tests)
     usage_days: int = Field(30, ge=1)  # hourly usage figures are kept this many days
+    # the wrapper's own Consul service (wrapper/gateway.py), never routed to; null: not registered
+    gateway_service: NonEmpty | None = "openai-api-wrapper-gateway"
 
 
 class WorkerSettings(_Section):
