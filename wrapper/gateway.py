@@ -13,6 +13,7 @@ import contextlib
 import logging
 
 import aiohttp
+from consul.base import ACLPermissionDenied
 
 from common.settings import Settings, secret
 from svc_mgr.consul_client import AsyncConsul, ConsulException, connect
@@ -52,6 +53,11 @@ class GatewayRegistration:
             try:
                 await self._register(consul)
                 self.registered = True
+            except ACLPermissionDenied:  # retrying cannot help: the token lacks the right
+                log.warning("the wrapper's Consul token may not register it as %s (it needs `service \"%s\" { "
+                            "policy = \"write\" }`: deploy/consul/acl/wrapper.hcl); replicas without Redis are "
+                            "not detected", self.id, self.service)
+                return
             except _CONSUL_FAILURES as exc:
                 if not logged:  # once: a wrapper works without its registration, it only cannot be found
                     log.warning("could not register the wrapper as %s in Consul at %s (%s: %s); trying again",

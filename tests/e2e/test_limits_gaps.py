@@ -15,7 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.settings import key_digest
-from tests.support.procs import Consul, free_port, get_json, post, wait_until
+from tests.e2e.test_auth import ACL_HCL, make_token
+from tests.support.procs import ROOT, Consul, free_port, get_json, post, wait_until
 from tests.support.servers import INSIDER, SECRET_ENV, Server, routable, start_worker, start_wrapper, unique_model
 
 ADMIN_KEY = "sk-gaps-admin-0123456789"
@@ -25,6 +26,7 @@ GATEWAY = "openai-api-wrapper-gateway"
 REPLICA_WARNING = "other wrapper replica(s) are registered in Consul"
 KEYS = (f"wrapper:\n  api_keys:\n    - key: {ADMIN_KEY}\n      name: ops\n      admin: true\n"
         f"    - key: {ALICE_KEY}\n      name: alice\n      rpm: 1000\n    - key: {NAMELESS_KEY}\n")
+ACL_ROOT = "root-token-1234"  # ACL_HCL's master token
 Samples = dict[tuple[str, frozenset], float]
 
 
@@ -177,3 +179,16 @@ def test_with_two_processes_key_counters_and_unchecked_requests_are_the_sum(stac
     assert 1 <= value(scrape(wrapper), "oaw_rate_limiter_outages_total") <= 2  # once per process that tried
     wait_until(lambda: gateway_id(wrapper) in consul.services(), 15, "registered once, by its first process")
     assert REPLICA_WARNING not in wrapper.proc.output()  # Redis is configured: the limits are shared
+
+
+def test_under_acls_the_shipped_wrapper_policy_lets_it_register_and_a_read_only_token_only_warns(procs):
+    """deploy/consul/acl/wrapper.hcl, as shipped, on a dev agent with ACLs on (default deny)."""
+    consul = Consul(procs, extra_hcl=ACL_HCL, name="consul-acl-gateway")
+    shipped = make_token(consul, "wrapper", (ROOT / "deploy" / "consul" / "acl" / "wrapper.hcl").read_text())
+    read_only = make_token(consul, "read-only", 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }')
+    allowed = start_wrapper(procs, consul, env={"CONSUL_HTTP_TOKEN": shipped})
+    wait_until(lambda: gateway_id(allowed) in consul.services(ACL_ROOT), 15, "the wrapper registered with its token")
+    refused = start_wrapper(procs, consul, env={"CONSUL_HTTP_TOKEN": read_only})
+    wait_until(lambda: "may not register it" in refused.proc.output(), 15, f"the warning\n{refused.proc.output()}")
+    assert gateway_id(refused) not in consul.services(ACL_ROOT)
+    assert get_json(refused.url + "/health")[0] == 200 and "Traceback" not in refused.proc.output()
