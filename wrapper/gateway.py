@@ -67,7 +67,7 @@ class GatewayRegistration:
                 delay = min(delay * 2, RETRY_MAX)
         log.info("registered the wrapper as %s in Consul", self.id)
         if secret(self.settings.redis.url) is None:
-            with contextlib.suppress(*_CONSUL_FAILURES):
+            with contextlib.suppress(*_CONSUL_FAILURES, KeyError, TypeError):  # an answer of another shape too
                 await self._warn_if_replicated(consul)
 
     async def _register(self, consul: AsyncConsul) -> None:
