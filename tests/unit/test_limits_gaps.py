@@ -7,12 +7,14 @@ import json
 import logging
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common.errors import Unavailable
-from common.settings import ApiKey, Settings
+from common.settings import ApiKey, ConfigError, Settings, load_settings
 from tests.support.procs import free_port
+from wrapper.app import Wrapper
 from wrapper.counters import MemoryStore, Settlement
 from wrapper.gateway import GatewayRegistration, advertised
 from wrapper.key_metrics import UNNAMED, KeyMetrics
@@ -143,3 +145,15 @@ def test_an_unreachable_consul_only_logs_once_and_stops_cleanly(caplog):
     with caplog.at_level(logging.WARNING):
         assert asyncio.run(go()) is False
     assert sum("could not register the wrapper as gw-127.0.0.1-8000" in r.message for r in caplog.records) == 1
+
+
+def test_a_bad_gateway_service_is_named_with_its_file_and_null_registers_nothing(tmp_path):
+    config = tmp_path / "env.yaml"
+    config.write_text("wrapper:\n  gateway_service: 'not a name'\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    assert "wrapper.gateway_service" in str(err.value) and str(config) in str(err.value)
+    assert Wrapper(Settings(), ("127.0.0.1", 8000)).gateway is not None
+    assert Wrapper(Settings(), None).gateway is None  # a --processes N wrapper's spawned processes
+    config.write_text("wrapper:\n  gateway_service: null\n")
+    assert Wrapper(load_settings(config), ("127.0.0.1", 8000)).gateway is None
