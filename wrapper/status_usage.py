@@ -1,6 +1,7 @@
 """The status page's usage table (issue #12): per key name and model, the requests and tokens of the
 current and the previous clock hour (UTC), read from the same hourly figures GET /admin/usage serves.
-Shown only when the wrapper has keys; a row names a key by its configured name, never the key."""
+Shown only when the wrapper has keys; a row names a key by its configured name, never the key. Costs one
+read of the usage store per page load (none when Redis is down: the circuit is open), none per request."""
 from __future__ import annotations
 
 import html
@@ -16,13 +17,15 @@ HOURS = 2  # the current clock hour and the one before: the last hour's figures,
 
 
 async def usage_table(limits: Limiter) -> dict[str, Any]:
-    """{"since": ISO time, "rows": [...]} summed per key name and model; {"error": ...} if the store is down."""
+    """{"since": ISO time, "store": redis | memory, "rows": [...]} summed per key name and model; with
+    "error" if the store is down."""
     now = int(time.time())
     start = now // 3600 * 3600 - (HOURS - 1) * 3600
+    base = {"since": _iso(start), "store": limits.backend}
     try:
         found = await limits.usage(start, now + 1, None, None)
     except OpenAIError as exc:  # Redis unreachable: the rest of the page still shows
-        return {"since": _iso(start), "rows": [], "error": exc.message}
+        return {**base, "rows": [], "error": exc.message}
     sums: dict[tuple[str, str], list[int]] = {}
     for r in found:
         got = sums.setdefault((r.key_name, r.model), [0, 0, 0, 0])
@@ -30,7 +33,7 @@ async def usage_table(limits: Limiter) -> dict[str, Any]:
             got[i] += n
     rows = [{"key_name": name, "model": model, "requests": n[0], "prompt_tokens": n[1], "completion_tokens": n[2],
              "total_tokens": n[1] + n[2], "errors": n[3]} for (name, model), n in sorted(sums.items())]
-    return {"since": _iso(start), "rows": rows}
+    return {**base, "rows": rows}
 
 
 def _iso(wall: int) -> str:
@@ -52,4 +55,9 @@ def render_usage(usage: dict[str, Any] | None) -> str:
     return (f'<section><h2>Usage by key</h2><table id="usage"><thead><tr><th>key</th><th>model</th>'
             f'<th>requests</th><th>prompt tokens</th><th>completion tokens</th><th>errors</th></tr></thead>'
             f'<tbody>{body}</tbody></table><p class="note">Since {e(usage["since"])} (this clock hour and the '
-            f'one before, UTC), over every replica that shares the usage store; as GET /admin/usage.</p></section>')
+            f'one before, UTC), as GET /admin/usage; {_whose(usage["store"])}.</p></section>')
+
+
+def _whose(store: str) -> str:
+    return ("every replica sharing the Redis counts here" if store == "redis"
+            else "counted by this process only (no redis.url)")

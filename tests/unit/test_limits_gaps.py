@@ -102,7 +102,7 @@ def test_the_usage_table_sums_the_hours_per_key_and_model():
         return table
 
     table = asyncio.run(go())
-    assert table["rows"] == [
+    assert table["store"] == "memory" and table["rows"] == [
         {"key_name": "alice", "model": "m", "requests": 2, "prompt_tokens": 30, "completion_tokens": 3,
          "total_tokens": 33, "errors": 0},
         {"key_name": "bob", "model": "m", "requests": 1, "prompt_tokens": 1, "completion_tokens": 1,
@@ -122,7 +122,7 @@ def test_the_usage_table_says_so_when_the_store_is_down():
 def test_the_usage_section_escapes_names_and_is_absent_for_an_open_wrapper():
     row = {"key_name": "<script>x</script>", "model": "m", "requests": 1, "prompt_tokens": 2,
            "completion_tokens": 3, "total_tokens": 5, "errors": 0}
-    page = render_usage({"since": "2026-11-26T07:00:00+00:00", "rows": [row]})
+    page = render_usage({"since": "2026-11-26T07:00:00+00:00", "store": "memory", "rows": [row]})
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert render_usage(None) == ""
 
