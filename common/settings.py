@@ -188,6 +188,9 @@ class WrapperSettings(_Section):
     keys_consul_prefix: str | None = None
     rate_window: float = Field(60.0, gt=0)  # seconds of the "minute" of rpm/tpm (shorter only for tests)
     usage_days: int = Field(30, ge=1)  # hourly usage figures are kept this many days
+    # the wrapper's own Consul service (wrapper/gateway.py), never routed to; null: not registered
+    gateway_service: Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")] | None = (
+        "openai-api-wrapper-gateway")  # a DNS label, as Consul wants service names
 
 
 class WorkerSettings(_Section):

@@ -36,7 +36,9 @@ from svc_mgr.affinity import Affinity
 
 from .affinity_key import SESSION_HEADER, affinity_key
 from .auth import KeyRing
+from .gateway import GatewayRegistration
 from .hop import Hop
+from .key_metrics import KeyMetrics
 from .key_watch import KeyWatch
 from .limits import Limiter
 from .metrics import WrapperMetrics
@@ -74,7 +76,8 @@ log = logging.getLogger(__name__)
 class Wrapper:
     """The wrapper: one routing table, one pooled hop, one Consul watch; created at start-up."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, listen: tuple[str, int] | None = None) -> None:
+        """`listen`: (host, port) to register the wrapper in Consul under (wrapper/gateway.py); None: not."""
         self.settings = settings
         aff = settings.wrapper.affinity
         self.affinity = (Affinity(aff.epsilon, aff.max_keys, aff.vnodes)
@@ -94,8 +97,12 @@ class Wrapper:
         self.metrics = WrapperMetrics(self.table, lambda: self.discovery.heard_at, lambda: self.discovery.outage.down,
                                       settings.metrics.server_timing) if settings.metrics.enabled else None
         self.hop.observer = self.metrics
+        if self.metrics is not None:  # keys may arrive later (Consul KV): the counters are there from the start
+            self.limits.metrics = KeyMetrics(self.metrics.exposition.registry, self.table.known_models.__contains__)
         self.observer = Observer(self.table, tracing.build_exporter(settings.tracing, "openai-api-wrapper"))
         self.hop.trace_headers = self.observer.attempt_headers
+        service = settings.wrapper.gateway_service
+        self.gateway = GatewayRegistration(settings, service, *listen) if listen and service else None
 
     async def chat(self, request: Request) -> Response:
         return await self._observed(request, Capability.CHAT)
@@ -253,6 +260,8 @@ class Wrapper:
         if self.key_watch is not None:
             await self.key_watch.start()
         await self.discovery.start()
+        if self.gateway is not None:
+            self.gateway.start()
         try:
             await asyncio.wait_for(self.discovery.ready.wait(), 5)
         except TimeoutError:
@@ -264,6 +273,8 @@ class Wrapper:
         try:
             yield
         finally:
+            if self.gateway is not None:
+                await self.gateway.stop()
             if self.key_watch is not None:
                 await self.key_watch.stop()
             await self.limits.close()

@@ -80,6 +80,7 @@ class Settlement:
     key_name: str
     model: str
     hour: int  # unix time of the hour's start
+    named: bool = True  # the key has a configured name (else key_name is made from its digest)
 
 
 @dataclass(frozen=True, slots=True)

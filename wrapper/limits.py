@@ -40,6 +40,7 @@ from .counters import (
     UsageRow,
     Verdict,
 )
+from .key_metrics import KeyMetrics
 from .resp import RespError
 from .usage import StreamUsage, TokenUsage, from_json_answer
 
@@ -105,6 +106,7 @@ class Limiter:
         self._flusher: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._usage: UsageFigures = {}  # added up here, written once a second: no store call per request for it
+        self.metrics: KeyMetrics | None = None  # /metrics' per-key counters (set by the wrapper when metrics are on)
 
     @property
     def backend(self) -> str:
@@ -167,6 +169,8 @@ class Limiter:
             return
         self.down = True
         self.outages += 1
+        if self.metrics is not None:
+            self.metrics.outages.inc()
         mode = "answering 503" if self.settings.fail_closed else "letting requests through unchecked"
         log.error("Redis unreachable (%s: %s): rate limits and usage are not kept; %s until it is back",
                   type(exc).__name__, exc, mode)
@@ -190,6 +194,8 @@ class Limiter:
             raise Unavailable("The rate limiter is unavailable; try again shortly.", code="rate_limiter_unavailable",
                               headers={"Retry-After": "1"})
         self.unchecked += 1
+        if self.metrics is not None:
+            self.metrics.unchecked.inc()
 
     # ---- requests -----------------------------------------------------------------------------------
 
@@ -255,6 +261,8 @@ class Limiter:
     async def record(self, settlement: Settlement) -> None:
         s = settlement
         self._add((s.hour, s.key_name, s.model), [1, s.prompt_tokens, s.completion_tokens, int(s.error)])
+        if self.metrics is not None:
+            self.metrics.count(s)
         if s.bucket is not None and any(q.tpm is not None or q.max_concurrent is not None or q.budget is not None
                                         for q in s.quotas):
             store = self.store
@@ -306,7 +314,7 @@ class Ticket:
         usage = usage or TokenUsage(0, 0)
         return Settlement(self.quotas, self.bucket if self.admitted and self.quotas else None, charge,
                           usage.prompt_tokens, usage.completion_tokens, error, key_name(self.key), self.model,
-                          self.hour)
+                          self.hour, bool(self.key.name))
 
     async def finish(self, usage: TokenUsage | None, error: bool) -> None:
         if not self.finished:

@@ -21,6 +21,7 @@ from common.http import Endpoint, json_response
 from svc_mgr import Instance
 
 from .recent import WINDOW_SECONDS
+from .status_usage import render_usage, usage_table
 
 if TYPE_CHECKING:
     from .app import Wrapper
@@ -144,16 +145,23 @@ def status_endpoints(wrapper: Wrapper) -> tuple[Endpoint, Endpoint]:
 
     async def page(request: Request) -> Response:
         _authorize(wrapper, request)
-        return HTMLResponse(render(status_data(wrapper)), headers=NO_STORE)
+        return HTMLResponse(render(await _with_usage(wrapper, status_data(wrapper))), headers=NO_STORE)
 
     async def data(request: Request) -> Response:
         _authorize(wrapper, request)
-        return json_response(status_data(wrapper), headers=NO_STORE)
+        return json_response(await _with_usage(wrapper, status_data(wrapper)), headers=NO_STORE)
 
     return page, data
 
 
 NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _with_usage(wrapper: Wrapper, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the usage by key (wrapper/status_usage.py) when the wrapper has keys."""
+    if not wrapper.keys.open:
+        data["usage"] = await usage_table(wrapper.limits)
+    return data
 
 
 # ---- the page --------------------------------------------------------------------------------------
@@ -277,4 +285,5 @@ counted by this process (pid {w["pid"]}{f" of {w['processes']}" if w["processes"
 <th>models</th></tr></thead><tbody>{instances}</tbody></table></section>
 <section><h2>Limits</h2><p class="note" id="limits">{_limits_line(w["limits"])}</p>
 <details><summary>all configured limits</summary><pre>{limits}</pre></details></section>
+{render_usage(data.get("usage"))}
 </main></body></html>"""

@@ -25,7 +25,9 @@ def serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, lo
     if log_level is not None:  # a spawned process configures its own logging
         configure_logging(log_level, log_format)
     try:
-        app = Wrapper(settings).app()
+        # registered in Consul by the first process only (spawned ones have a parent): one instance per address
+        listen = (host, port) if multiprocessing.parent_process() is None else None
+        app = Wrapper(settings, listen).app()
     except ConfigError as exc:
         return fail(str(exc))
     sockets = [shared_port_socket(host, port)] if share_port else None
