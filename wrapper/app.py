@@ -146,12 +146,12 @@ class Wrapper:
         self.observer.admitted(request, model)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
-        request_ = Admitted(request, rid, capability, model, stream, content_type, affinity, obs)
+        admitted = Admitted(request, rid, capability, model, stream, content_type, affinity, obs)
         # wrapper/limits.py: 429 over a limit, before a worker is chosen; a stream's usage chunk is asked for
         ticket = await self.limits.admit(key, model, raw, stream and capability in wire.USAGE_CHUNK_STREAMS)
         if ticket is not None:
-            return await ticket.settle(self._relay(request_, ticket.body, key, body))
-        return await self._relay(request_, raw, key, body)
+            return await ticket.settle(self._relay(admitted, ticket.body, key, body))
+        return await self._relay(admitted, raw, key, body)
 
     async def _relay(self, admitted: Admitted, raw: bytes, key: ApiKey | None, body: dict | None) -> Response:
         request, rid, capability, model, stream, content_type, affinity, obs = admitted
