@@ -2,8 +2,8 @@
 a chat request, and the Response object, its output items and its stream events.
 
 A worker serves Responses from any chat Generator by translation (worker/responses.py); what is stateful
-(previous_response_id, store, background, conversation) is refused with a clear error, since no response is
-kept after it is sent.
+(previous_response_id, store, background, conversation) is refused with a clear error by
+wire.require_routing_fields, since no response is kept after it is sent.
 """
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ from .errors import InvalidRequest, to_openai_error
 
 # ---- requests -------------------------------------------------------------------------------
 
-# fields that need a response kept on the server, with the value that asks for no state (None: only absent/null)
-_STATEFUL: dict[str, Any] = {"previous_response_id": None, "conversation": None, "background": False,
-                             "store": False}
 _MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal"})
 
@@ -28,12 +25,8 @@ def _unsupported(message: str, param: str) -> InvalidRequest:
 
 
 def check_request(body: dict[str, Any]) -> None:
-    """400 for what this server cannot do (a stateful feature) or a well-known field of the wrong type."""
-    for name, stateless in _STATEFUL.items():
-        value = body.get(name)
-        if value is not None and value != stateless:
-            raise _unsupported(f"'{name}' is not supported: this server keeps no responses (stateful Responses "
-                               f"features are not supported); send the whole conversation in 'input' instead.", name)
+    """400 for a well-known field of the wrong type (stateful features are refused by
+    wire.require_routing_fields, on both sides)."""
     value = body.get("input")
     if not isinstance(value, (str, list)):
         raise InvalidRequest("'input' must be a string or an array of input items.", param="input",

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from .errors import InvalidRequest, error_json
 from .media_checks import MEDIA_CHECKS
 from .settings import LimitSettings
+from .usage import from_json_answer as usage_in_answer
 
 
 class Capability(StrEnum):
@@ -65,8 +66,10 @@ BINARY_ANSWER = frozenset({Capability.SPEECH})
 LEGACY_CAPABILITIES = frozenset({Capability.CHAT, Capability.COMPLETION, Capability.EMBEDDING})
 
 # Fields that point at state kept by an earlier request: the gateway cannot promise the same worker.
-STATEFUL_FIELDS = {Capability.RESPONSES: ("previous_response_id", "conversation"),
-                   Capability.RESPONSES_INPUT_TOKENS: ("previous_response_id", "conversation")}
+STATEFUL_FIELDS: dict[Capability, dict[str, Any]] = dict.fromkeys(
+    (Capability.RESPONSES, Capability.RESPONSES_INPUT_TOKENS),
+    # field -> the value that asks for no state (None: only absent or null is stateless)
+    {"previous_response_id": None, "conversation": None, "background": False, "store": False})
 
 
 def new_id(prefix: str) -> str:
@@ -172,8 +175,8 @@ def require_routing_fields(body: dict[str, Any], capability: Capability) -> str:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
-    for name in STATEFUL_FIELDS.get(capability, ()):
-        if body.get(name) is not None:
+    for name, stateless in STATEFUL_FIELDS.get(capability, {}).items():
+        if body.get(name) is not None and body.get(name) != stateless:
             raise InvalidRequest(f"'{name}' needs state kept by an earlier request, which this gateway does not "
                                  "keep (any worker may serve the next request); send the whole conversation in "
                                  "'input' instead.", param=name, code="unsupported_parameter")
@@ -509,8 +512,9 @@ class AnswerSummary:
 
 
 def answer_summary(raw: bytes) -> AnswerSummary:
-    """The model and token usage of a JSON answer, or of one SSE chunk (its last event that has them)."""
-    model, usage_ = None, None
+    """The model and token usage of a JSON answer, or of one SSE chunk (its last event that has them).
+    The usage is read as the metrics read it (common/usage.py)."""
+    model = None
     events = [raw] if not raw.startswith(b"data:") else [line[5:] for line in raw.split(b"\n")
                                                          if line.startswith(b"data:") and b"[DONE]" not in line]
     for event in events:
@@ -518,15 +522,15 @@ def answer_summary(raw: bytes) -> AnswerSummary:
             obj = orjson.loads(event)
         except orjson.JSONDecodeError:
             continue
-        if isinstance(obj, dict):
-            model = obj.get("model") if isinstance(obj.get("model"), str) else model
-            usage_ = obj.get("usage") if isinstance(obj.get("usage"), dict) else usage_
-    tokens = usage_ or {}
-    return AnswerSummary(model, _count(tokens.get("prompt_tokens")), _count(tokens.get("completion_tokens")))
+        if isinstance(obj, dict) and isinstance(obj.get("model"), str):
+            model = obj["model"]
+    tokens = None
+    for event in events:
+        tokens = usage_in_answer(event) or tokens
+    if tokens is None:
+        return AnswerSummary(model)
+    return AnswerSummary(model, tokens.prompt_tokens, tokens.completion_tokens)
 
-
-def _count(value: Any) -> int | None:
-    return value if _is_int(value) and value >= 0 else None
 
 # ---- what the affinity balancer keys on (#14, docs/routing.md) --------------------------------------
 

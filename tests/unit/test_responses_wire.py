@@ -30,7 +30,6 @@ def test_parallel_function_calls_join_into_one_assistant_message():
     ({"input": "x", "instructions": 3}, "instructions"),
     ({"input": "x", "max_output_tokens": True}, "max_output_tokens"),
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
-    ({"input": "x", "conversation": "conv_1"}, "conversation"),
     ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice"),
     ({"input": [{"type": "function_call", "name": "f"}]}, "input[0].call_id"),
@@ -44,8 +43,21 @@ def test_what_cannot_be_served_is_a_400_naming_the_field(body, param):
     assert refused.value.param == param
 
 
+@pytest.mark.parametrize("field, value", [("previous_response_id", "resp_1"), ("conversation", "conv_1"),
+                                          ("store", True), ("background", True)])
+def test_a_stateful_feature_is_refused_by_name_before_routing(field, value):
+    from common.wire import Capability, require_routing_fields
+
+    with pytest.raises(InvalidRequest) as refused:
+        require_routing_fields({"model": "m", "input": "x", field: value}, Capability.RESPONSES)
+    assert (refused.value.param, refused.value.code) == (field, "unsupported_parameter")
+
+
 def test_stateless_values_of_the_stateful_fields_are_served():
+    from common.wire import Capability, require_routing_fields
+
     body = {"model": "m", "input": "x", "store": False, "background": False, "previous_response_id": None}
+    assert require_routing_fields(body, Capability.RESPONSES) == "m"
     rw.check_request(body)
     assert rw.chat_request(body) == {"model": "m", "messages": [{"role": "user", "content": "x"}]}
 
