@@ -1,5 +1,5 @@
 """CPU per keyed request of /metrics' per-key counters (wrapper/key_metrics.py), in process:
-`PYTHONPATH=. .venv/bin/python scripts/bench_key_metrics.py single|mp` (mp: prometheus-client's
+`python -m bench.key_metrics_cost single|mp` (mp: prometheus-client's
 multiprocess mode, as with --processes N). docs/performance.md has the figures."""
 from __future__ import annotations
 
