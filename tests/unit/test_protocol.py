@@ -244,3 +244,32 @@ def test_the_body_timeout_is_per_read_not_for_the_whole_body():
 
     transport = asyncio.run(run())
     assert statuses(transport) == [200] and transport.written.endswith(b"8") and not transport.closing
+
+
+def test_an_answer_leaves_in_one_write_head_and_body_together():
+    """A proxy in front must never hold a head without its body because the process died between two
+    writes: the head waits for the first body write."""
+    class Counting(FakeTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[bytes] = []
+
+        def write(self, data) -> None:
+            self.writes.append(bytes(data))
+            super().write(data)
+
+    async def run() -> Counting:
+        settings = LimitSettings(max_header_bytes=CAP)
+        config = uvicorn.Config(body_size, http=guarded_protocol(settings), lifespan="off", log_config=None)
+        config.load()
+        protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+        transport = Counting()
+        transport.protocol = protocol
+        protocol.connection_made(transport)
+        protocol.data_received(request(200, b"12345"))
+        await settle()
+        return transport
+
+    transport = asyncio.run(run())
+    assert statuses(transport) == [200]
+    assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\n5")
