@@ -19,7 +19,6 @@ from common.http import (
     CLIENT_CLOSED,
     JSON,
     ClientGone,
-    Endpoint,
     SSEResponse,
     json_response,
     openai_app,
@@ -99,41 +98,14 @@ class Wrapper:
         self.hop.observer = self.metrics
         if self.metrics is not None:  # keys may arrive later (Consul KV): the counters are there from the start
             self.limits.metrics = KeyMetrics(self.metrics.exposition.registry, self.table.known_models.__contains__)
-        self.observer = Observer(self.table, tracing.build_exporter(settings.tracing, "openai-api-wrapper"))
+        self.observer = Observer(self.table, self.metrics,
+                                 tracing.build_exporter(settings.tracing, "openai-api-wrapper"))
         self.hop.trace_headers = self.observer.attempt_headers
         service = settings.wrapper.gateway_service
         self.gateway = GatewayRegistration(settings, service, *listen) if listen and service else None
 
-    async def chat(self, request: Request) -> Response:
-        return await self._observed(request, Capability.CHAT)
-
-    async def completion(self, request: Request) -> Response:
-        return await self._observed(request, Capability.COMPLETION)
-
-    async def embeddings(self, request: Request) -> Response:
-        return await self._observed(request, Capability.EMBEDDING)
-
-    def _endpoint(self, capability: Capability) -> Endpoint:
-        async def route(request: Request) -> Response:
-            return await self._observed(request, capability)
-        route.__name__ = capability.value
-        return route
-
-    async def _observed(self, request: Request, capability: Capability) -> Response:
-        """`_route`, counted in the metrics (when they are on)."""
-        metrics = self.metrics
-        if metrics is None:
-            return await self._route(request, capability)
-        obs = metrics.begin(capability)
-        try:
-            response = await self._route(request, capability, obs)
-        except BaseException as exc:
-            metrics.failed(obs, exc)
-            raise
-        metrics.responded(obs, response)
-        return response
-
-    async def _route(self, request: Request, capability: Capability, obs: Observation | None = None) -> Response:
+    async def _route(self, request: Request, capability: Capability, obs: Observation | None) -> Response:
+        """One model request (wrapper/observe.py around it; `obs`: its metrics record, None if they are off)."""
         rid = request_id(request)
         limits = self.settings.limits
         key = self.keys.authenticate(request.headers.get("authorization"))
@@ -141,9 +113,7 @@ class Wrapper:
         raw = await read_body(request, limits.max_upload_bytes if form else limits.max_body_bytes)
         content_type = request.headers.get("content-type") if form else None  # sent on with its boundary
         model, stream, affinity, body = self._admit(raw, capability, content_type, request)
-        if obs is not None:
-            obs.admit(model, stream)
-        self.observer.admitted(request, model)
+        self.observer.admitted(request, model, stream, obs)
         if not self.keys.allows(key, model):
             raise model_not_found(model)
         admitted = Admitted(request, rid, capability, model, stream, content_type, affinity, obs)
@@ -284,11 +254,10 @@ class Wrapper:
                 self.observer.exporter.shutdown()
 
     def app(self) -> ASGIApp:
-        api, asgi = openai_app("openai-api-wrapper", lifespan=self.lifespan, posts=self.observer.wrap({
-            wire.PATHS[Capability.CHAT]: (self.chat, Capability.CHAT),
-            wire.PATHS[Capability.COMPLETION]: (self.completion, Capability.COMPLETION),
-            wire.PATHS[Capability.EMBEDDING]: (self.embeddings, Capability.EMBEDDING),
-            **{wire.PATHS[c]: (self._endpoint(c), c) for c in Capability if c not in wire.LEGACY_CAPABILITIES}}))
+        capabilities = [Capability.CHAT, Capability.COMPLETION, Capability.EMBEDDING,
+                        *(c for c in Capability if c not in wire.LEGACY_CAPABILITIES)]
+        api, asgi = openai_app("openai-api-wrapper", lifespan=self.lifespan,
+                               posts=self.observer.endpoints(self._route, capabilities))
         api.add_api_route("/v1/models", self.models, methods=["GET"], response_model=wire.ModelList)
         api.add_api_route("/v1/models/{model:path}", self.model, methods=["GET"], response_model=wire.ModelObject)
         api.add_api_route("/health", self.health, methods=["GET"], response_model=WrapperHealth)

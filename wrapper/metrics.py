@@ -72,16 +72,21 @@ class WrapperMetrics:
             headers["Server-Timing"] = f"gateway;dur={gateway * 1000:.3f}, worker;dur={worker * 1000:.3f}"
 
     def responded(self, obs: Observation, response: Response) -> None:
+        """The app's answer; a stream's is counted when it closes (`stream_closed`)."""
         status = response.status_code
         if status == 429:
             self.rejections.labels("concurrency").inc()
         if status == CLIENT_CLOSED:
             self._disconnected(obs)
-        if isinstance(response, SSEResponse):
-            response.chunks = self.requests.relay(obs, response.chunks)
-            response.on_close = self.requests.closing(obs, status, response.on_close, self._after_stream)
-        else:
+        if not isinstance(response, SSEResponse):
             self.requests.finish_json(obs, response)
+
+    def stream_closed(self, obs: Observation, status: int) -> None:
+        """A stream's response closed (its chunks went through `obs.saw`): counted, once."""
+        if not obs.finished:
+            self.requests.finish(obs, status)
+            if obs.disconnected:
+                self._disconnected(obs)
 
     def failed(self, obs: Observation, exc: BaseException) -> None:
         if isinstance(exc, ClientGone):
@@ -93,10 +98,6 @@ class WrapperMetrics:
         if 400 <= status < 500:
             self.rejections.labels(_REJECTED_BY_WRAPPER.get(status, "invalid_request")).inc()
         self.requests.finish(obs, status)
-
-    def _after_stream(self, obs: Observation) -> None:
-        if obs.disconnected:
-            self._disconnected(obs)
 
     def _disconnected(self, obs: Observation) -> None:
         self.disconnects.labels(obs.model).inc()

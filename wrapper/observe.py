@@ -1,20 +1,27 @@
-"""Around each model request of the wrapper: its trace (taken from the client or started, passed to the
-worker, echoed), the status page's recent figures (wrapper/recent.py), spans when exporting, and a DEBUG
-line with its outcome. Per request: a few ids, a context variable, two dict reads — no I/O."""
+"""Around each model request of the wrapper, in one place: its metrics (wrapper/metrics.py, when on), its
+trace (taken from the client or started, passed to the worker, echoed), the status page's recent figures
+(wrapper/recent.py), spans when exporting, and a DEBUG line with its outcome. A stream's chunks pass one
+generator for all of them. Per request: a few ids, a context variable, a few dict reads — no I/O."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from common import tracing, wire
 from common.http import SSEResponse, handle_error, request_id
+from common.metrics import Observation
 from common.tracing import Exporter, Trace
+from common.usage import StreamUsage
+from common.wire import Capability
 from svc_mgr import Instance, RoutingTable
 
+from .metrics import WrapperMetrics
 from .recent import Recent
 
 log = logging.getLogger(__name__)
@@ -22,22 +29,28 @@ log = logging.getLogger(__name__)
 MODEL_KEY = "observed_model"  # in the ASGI scope: the model a request was admitted for, if recorded
 TRACEPARENT = tracing.TRACEPARENT.encode()
 
+# what the observer wraps: the wrapper's handling of one request, given its metrics record (None: metrics off)
+Route = Callable[[Request, Capability, Observation | None], Awaitable[Response]]
+
 
 class Observer:
-    def __init__(self, table: RoutingTable, exporter: Exporter | None = None) -> None:
+    def __init__(self, table: RoutingTable, metrics: WrapperMetrics | None, exporter: Exporter | None = None) -> None:
         self.table = table
+        self.metrics = metrics
         self.exporter = exporter
         self.recent = Recent()
 
-    def wrap(self, endpoints: Mapping[str, tuple[Callable, str]]) -> dict[str, Callable]:
-        """path -> (endpoint, capability) as observed endpoints."""
-        return {path: self.observed(endpoint, capability) for path, (endpoint, capability) in endpoints.items()}
+    def endpoints(self, route: Route, capabilities: Iterable[Capability]) -> dict[str, Callable]:
+        """path -> observed endpoint, for each capability's path."""
+        return {wire.PATHS[c]: self.observed(route, c) for c in capabilities}
 
     # ---- called by the request path --------------------------------------------------------------
 
-    def admitted(self, request: Request, model: str) -> None:
+    def admitted(self, request: Request, model: str, stream: bool, obs: Observation | None) -> None:
         """The body named `model` (Wrapper._route, after its checks). Only models the routing table has
         seen are counted, so a client cannot grow the recorder with made-up names."""
+        if obs is not None:
+            obs.admit(model, stream)
         tracing.note_model(model)
         if model in self.table.known_models:
             request.scope[MODEL_KEY] = model
@@ -65,24 +78,36 @@ class Observer:
         trace.attempts.append(span)
         return trace.headers(tracing.span_id_of(span))
 
-    # ---- the wrapper around an endpoint ----------------------------------------------------------
+    # ---- the wrapper around the route ------------------------------------------------------------
 
-    def observed(self, endpoint: Callable, capability: str) -> Callable:
+    def observed(self, route: Route, capability: Capability) -> Callable[[Request], Awaitable[Response]]:
         operation = tracing.OPERATIONS.get(capability, capability)
         exporter = self.exporter
+        metrics = self.metrics
 
         async def handle(request: Request) -> Response:
             started = time.perf_counter()
             trace = tracing.begin(exporter, request.scope["headers"], request_id(request), operation, operation)
+            obs = metrics.begin(capability) if metrics is not None else None
             try:
-                response = await endpoint(request)
+                response = await route(request, capability, obs)
             except Exception as exc:  # answered here, not by DirectRoutes, so the error carries traceparent too
+                if metrics is not None and obs is not None:
+                    metrics.failed(obs, exc)
                 response = await handle_error(request, exc)
+            except BaseException as exc:  # cancelled: the client went away
+                if metrics is not None and obs is not None:
+                    metrics.failed(obs, exc)
+                raise
+            else:
+                if metrics is not None and obs is not None:
+                    metrics.responded(obs, response)
             response.raw_headers.append((TRACEPARENT, trace.traceparent().encode()))
             model = request.scope.get(MODEL_KEY)
             if isinstance(response, SSEResponse):  # a stream ends later: count it then
-                response.chunks = self._timed(response.chunks, trace, model, started)
-                response.on_close = self._on_close(response.on_close, trace, model, response.status_code, started)
+                response.chunks = self._relayed(response.chunks, obs, trace, model, started)
+                response.on_close = self._on_close(response.on_close, obs, trace, model, response.status_code,
+                                                   started)
             else:
                 summary = wire.answer_summary(bytes(response.body)) if trace.span is not None else None
                 self._finish(trace, model, response.status_code, started, summary)
@@ -100,32 +125,45 @@ class Observer:
                                                            "duration": round(time.perf_counter() - started, 6)})
         tracing.end(trace, status, summary)
 
-    def _on_close(self, then: Callable[[], None] | None, trace: Trace, model: str | None, status: int,
-                  started: float) -> Callable[[], None]:
+    def _on_close(self, then: Callable[[], None] | None, obs: Observation | None, trace: Trace, model: str | None,
+                  status: int, started: float) -> Callable[[], None]:
         def on_close() -> None:
             try:
                 if then is not None:
                     then()
             finally:
+                if self.metrics is not None and obs is not None:
+                    self.metrics.stream_closed(obs, status)
                 # a stream that failed after its 200 counts as the 502 its error event reports
                 self._finish(trace, model, 502 if trace.failed_midway else status, started, trace.summary)
         return on_close
 
-    async def _timed(self, chunks: AsyncGenerator[bytes, None], trace: Trace, model: str | None,
-                     started: float) -> AsyncGenerator[bytes, None]:
-        """The stream as it comes, noting when its first event (not a keep-alive comment) passes: the time
-        to first token; and whether it ended with an error event (Hop.stream's, or the worker's)."""
+    async def _relayed(self, chunks: AsyncGenerator[bytes, None], obs: Observation | None, trace: Trace,
+                       model: str | None, started: float) -> AsyncGenerator[bytes, None]:
+        """The stream as it comes, noting when its first event (not a keep-alive comment) passes — the time
+        to first token — and, for the metrics, each event's time and the usage; and whether it ended with
+        an error event (Hop.stream's, or the worker's)."""
         if trace.span is not None:
             chunks = tracing.summarising(chunks, trace)
+        usage = StreamUsage()
         first_seen = model is None
         last = b""
         try:
-            async for chunk in chunks:
-                if not first_seen and not wire.sse_comments_only(chunk):
-                    first_seen = True
-                    self.recent.first_token(model, time.perf_counter() - started)  # type: ignore[arg-type]
-                last = chunk
-                yield chunk
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    if chunk and not wire.sse_comments_only(chunk):
+                        if obs is not None:
+                            obs.saw(chunk, usage)
+                        if not first_seen:
+                            first_seen = True
+                            self.recent.first_token(model, time.perf_counter() - started)  # type: ignore[arg-type]
+                    last = chunk
+                    yield chunk
+        except (GeneratorExit, asyncio.CancelledError):
+            if obs is not None:
+                obs.disconnected = True  # stopped before its end: the client went away
+            raise
         finally:
-            await chunks.aclose()
+            if obs is not None:
+                obs.usage = usage.usage
             trace.failed_midway = wire.ends_with_error_event(last)

@@ -6,13 +6,16 @@ import time
 from collections.abc import AsyncGenerator
 
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.requests import Request
 from starlette.responses import Response
 
 from common import wire
 from common.errors import InvalidRequest, RateLimited, Unauthorized, model_not_found
 from common.http import ClientGone, SSEResponse
+from common.metrics import Observation
 from svc_mgr import Instance, RoutingTable
 from wrapper.metrics import WrapperMetrics
+from wrapper.observe import Observer
 
 MODEL = "m1"
 CHAT = "/v1/chat/completions"
@@ -98,10 +101,16 @@ async def _events(n: int) -> AsyncGenerator[bytes, None]:
 
 
 def _stream(m: WrapperMetrics, n: int) -> SSEResponse:
-    obs = m.begin(wire.Capability.CHAT)
-    obs.admit(MODEL, True)
-    response = SSEResponse(_events(n), on_close=lambda: None)
-    m.responded(obs, response)
+    """A stream of `n` events answered through the wrapper's Observer, as the app's route would."""
+    observer = Observer(_table(), m)
+
+    async def route(request: Request, capability: wire.Capability, obs: Observation | None) -> Response:
+        observer.admitted(request, MODEL, True, obs)
+        return SSEResponse(_events(n), on_close=lambda: None)
+
+    handle = observer.observed(route, wire.Capability.CHAT)
+    response = asyncio.run(handle(Request({"type": "http", "method": "POST", "path": CHAT, "headers": []})))
+    assert isinstance(response, SSEResponse)
     return response
 
 

@@ -177,7 +177,7 @@ def test_a_failed_over_attempt_span_ends_in_error_and_the_next_is_the_workers_pa
 
     spans = InMemorySpanExporter()
     exporter = tracing.Exporter("test-wrapper", exporter=spans)
-    observer = Observer(RoutingTable(), exporter)
+    observer = Observer(RoutingTable(), None, exporter)
     trace = tracing.begin(exporter, [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())], "rid", "chat", "chat")
     first, second = (Instance(id=f"echo-{i}", service="echo", address="127.0.0.1", port=i, models=("m",)) for i in (1, 2))
     observer.attempt_headers(first)
