@@ -7,7 +7,7 @@ inside a JSON string its quotes are escaped (`\\"usage\\"`)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -18,8 +18,7 @@ _NULL = re.compile(rb'\s*:\s*null')
 MAX_PENDING = 8192  # bytes of an unfinished usage object kept across chunks; a longer one is not usage
 
 
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
+class TokenUsage(NamedTuple):  # a tuple: made on every relayed answer, and a frozen dataclass costs 3x
     prompt_tokens: int
     completion_tokens: int
 
@@ -44,7 +43,12 @@ def from_json_answer(content: bytes) -> TokenUsage | None:
     at = content.rfind(_KEY)
     if at < 0:
         return None
-    match = _OBJECT.match(content, at + len(_KEY))
+    start = at + len(_KEY)
+    # the usual case first, a flat object: up to the first `}`, with nothing but `:` before its `{`
+    brace, end = content.find(b"{", start), content.find(b"}", start)
+    if 0 <= brace < end and content[start:brace].strip() == b":" and content.find(b"{", brace + 1, end) < 0:
+        return _parse(content[brace:end + 1])
+    match = _OBJECT.match(content, start)
     return _parse(match.group(1)) if match else None
 
 

@@ -10,7 +10,7 @@ import signal
 import tempfile
 
 from common.cli import configure_logging, fail
-from common.metrics import use_multiprocess_dir
+from common.metrics import use_multiprocess_dir, use_one_thread_values
 from common.server import run, serve, shared_port_socket, uvicorn_config
 from common.settings import ConfigError, Settings
 
@@ -27,6 +27,7 @@ def serve_wrapper(settings: Settings, host: str, port: int, share_port: bool, lo
     try:
         # registered in Consul by the first process only (spawned ones have a parent): one instance per address
         listen = (host, port) if multiprocessing.parent_process() is None else None
+        use_one_thread_values()  # the wrapper's metrics live on its event loop's thread only
         app = Wrapper(settings, listen).app()
     except ConfigError as exc:
         return fail(str(exc))
