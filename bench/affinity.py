@@ -78,6 +78,19 @@ def worker_counters(workers: list) -> list[dict]:
     return out
 
 
+def affinity_picks(url: str) -> dict[str, int]:
+    """The wrapper's affinity picks by outcome (kept, placed, moved) from its /metrics; {} for other balancers."""
+    import urllib.request
+
+    picks = {}
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("oaw_affinity_picks_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                picks[outcome] = int(float(line.rsplit(" ", 1)[1]))
+    return picks
+
+
 def conversations(n: int, shared_share: float, args: argparse.Namespace, tag: str) -> list[list[dict]]:
     rng = random.Random(tag)
     shared = f"[{tag}] You are a careful assistant. " + "Follow the house style guide. " * (args.system_chars // 30)
@@ -140,10 +153,10 @@ def run_workloads(workers: list, wrappers: dict, args: argparse.Namespace) -> li
         for balancer in BALANCERS:  # same run, one after the other, fresh conversations each
             proc, url = wrappers[balancer]
             convs = conversations(args.conversations, shared, args, uuid.uuid4().hex[:8])
-            before, cpu0 = worker_counters(workers), cpu_seconds(proc.pid)
+            before, cpu0, picks0 = worker_counters(workers), cpu_seconds(proc.pid), affinity_picks(url)
             result = asyncio.run(drive(url, convs, args.turns, args.concurrency, args.turn_chars))
             cpu = cpu_seconds(proc.pid) - cpu0
-            after = worker_counters(workers)
+            after, picks = worker_counters(workers), {k: v - picks0.get(k, 0) for k, v in affinity_picks(url).items()}
             delta = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
             served = [d["served"] for d in delta]
             rows.append({
@@ -151,6 +164,8 @@ def run_workloads(workers: list, wrappers: dict, args: argparse.Namespace) -> li
                 "hit_rate": sum(d["cached_chars"] for d in delta) / max(1, sum(d["prompt_chars"] for d in delta)),
                 "busiest_vs_mean": max(served) / max(1e-9, statistics.mean(served)),
                 "wrapper_cpu_us_per_request": 1e6 * cpu / max(1, result["requests"]),
+                # affinity only: requests whose key was remembered (kept or moved) vs new keys (placed)
+                "picks": picks,
             })
             print(f"[affinity] {rows[-1]}", file=sys.stderr, flush=True)
     return rows
@@ -184,11 +199,13 @@ def markdown(section: dict) -> str:
     lines = ["## Affinity routing (#14)", "",
              f"{section['setup']}", "",
              "| workload | balancer | requests | errors | cache hit rate | p50 ms | p99 ms | busiest / mean | "
-             "wrapper CPU µs/request |", "|---|---|---|---|---|---|---|---|---|"]
+             "wrapper CPU µs/request | keys new / kept / moved |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in section["rows"]:
+        picks = r.get("picks") or {}
+        moves = f"{picks.get('placed', 0)} / {picks.get('kept', 0)} / {picks.get('moved', 0)}" if picks else "–"
         lines.append(f"| {r['workload']} | {r['balancer']} | {r['requests']} | {r['errors']} | {r['hit_rate']:.0%} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['busiest_vs_mean']:.2f} | "
-                     f"{r['wrapper_cpu_us_per_request']:.0f} |")
+                     f"{r['wrapper_cpu_us_per_request']:.0f} | {moves} |")
     lines += ["", "The pick alone, in process (µs per request):", "",
               "| instances | random pick | affinity pick | affinity key (digest of a chat's opening) |", "|---|---|---|---|"]
     for r in section["pick"]:

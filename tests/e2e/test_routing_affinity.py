@@ -113,6 +113,38 @@ def test_a_saturated_instance_spills_new_keys_and_a_moved_key_stays(stack):
     assert served_by(ask(wrapper, model, [{"role": "user", "content": "z"}], later)) == busy  # room again
 
 
+def affinity_picks(wrapper) -> collections.Counter[str]:
+    """oaw_affinity_picks_total by outcome, from the wrapper's /metrics."""
+    text = httpx.get(wrapper.url + "/metrics", timeout=10).text
+    return collections.Counter({line.split('outcome="')[1].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
+                                for line in text.splitlines() if line.startswith("oaw_affinity_picks_total{")})
+
+
+def test_a_remembered_key_stays_one_request_over_the_bound_and_is_counted(stack):
+    """Moving a conversation throws away its cache: its instance keeps it up to keep_slack (1) request over
+    the bound that a new key must fit in; /metrics counts the picks as kept, placed or moved."""
+    model, _, wrappers, ids = stack
+    wrapper = wrappers[0]
+    homed = collections.defaultdict(list)
+    for s in (f"keep-{i}" for i in range(200)):
+        homed[ring_order(ids, s)[0]].append(s)
+    busy = max(homed, key=lambda n: len(homed[n]))
+    holder, keeper, newcomer = homed[busy][:3]
+    assert served_by(ask(wrapper, model, [{"role": "user", "content": "first turn"}], keeper)) == busy
+    before = affinity_picks(wrapper)
+    body = {"model": model, "messages": [{"role": "user", "content": "word " * 400}], "stream": True}
+    with httpx.stream("POST", wrapper.base_url + "/chat/completions", json=body, timeout=60,
+                      headers={"X-Session-ID": holder}) as response:
+        first = next(line for line in response.iter_lines() if line.startswith("data: "))
+        assert f"[{busy}]" in first
+        # one in flight of three: the bound, ceil(1.25 x 2 / 3) = 1, has no room for a new key, but the
+        # remembered one stays (1 + 1 <= 1 + keep_slack); before keep_slack it moved and lost its cache
+        assert served_by(ask(wrapper, model, [{"role": "user", "content": "n"}], newcomer)) != busy
+        assert served_by(ask(wrapper, model, [{"role": "user", "content": "second turn"}], keeper)) == busy
+    after = affinity_picks(wrapper)
+    assert after - before == collections.Counter({"placed": 2, "kept": 1}), (before, after)
+
+
 def test_prompt_cache_key_and_user_keep_requests_together(stack):
     """Eight chats with eight different openings share one instance when they share a `prompt_cache_key`
     (or a `user`), whichever replica they reach."""
