@@ -30,6 +30,10 @@ from pathlib import Path
 from .stack import BENCH, Stack, cpu_seconds
 
 BALANCERS = ("random", "least_in_flight", "affinity")
+# --one-bound: also `affinity` with the single bound it had before (a key placed and kept within
+# ceil(1.25 x share), no slack), in the same run, for a before/after comparison
+ONE_BOUND = "affinity, one bound"
+CONFIGS = {ONE_BOUND: "wrapper:\n  balancer: affinity\n  affinity: {place_epsilon: 0.25, keep_slack: 0}\n"}
 # the share of conversations that open with the one long system prompt
 WORKLOADS = (("own system prompts", 0.0), ("half share a system prompt", 0.5), ("all share one system prompt", 1.0))
 SECRET = "bench-affinity-secret"
@@ -55,17 +59,21 @@ def start(stack: Stack, args: argparse.Namespace) -> tuple[list, dict]:
         wait_until(lambda p=port: f"-127.0.0.1-{p}" in " ".join(stack.consul.services()), 30, f"worker {port}\n{proc.output()}")
         workers.append((proc, f"http://127.0.0.1:{port}"))
     wrappers = {}
-    for balancer in BALANCERS:
-        config = stack.workdir / f"affinity-{balancer}.yaml"
-        config.write_text(f"wrapper:\n  balancer: {balancer}\n")
+    for balancer in balancers(args):
+        config = stack.workdir / f"affinity-{balancer.replace(' ', '').replace(',', '-')}.yaml"
+        config.write_text(CONFIGS.get(balancer, f"wrapper:\n  balancer: {balancer}\n"))
         port = free_port()
-        proc = stack.procs.start(f"wrapper-{balancer}", python_script(
+        proc = stack.procs.start(f"wrapper-{balancer.replace(' ', '')}", python_script(
             "main_openai_wrapper_v2.py", "127.0.0.1", str(port), "--config", str(config), "--log-level", "warning"),
             env=env)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda u=url: get_json(f"{u}/v1/models/{MODEL}")[0] == 200, 30, f"wrapper {balancer}\n{proc.output()}")
         wrappers[balancer] = (proc, url)
     return workers, wrappers
+
+
+def balancers(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*BALANCERS, ONE_BOUND) if args.one_bound else BALANCERS
 
 
 def worker_counters(workers: list) -> list[dict]:
@@ -150,7 +158,7 @@ async def drive(url: str, convs: list[list[dict]], turns: int, concurrency: int,
 def run_workloads(workers: list, wrappers: dict, args: argparse.Namespace) -> list[dict]:
     rows = []
     for workload, shared in WORKLOADS:
-        for balancer in BALANCERS:  # same run, one after the other, fresh conversations each
+        for balancer in balancers(args):  # same run, one after the other, fresh conversations each
             proc, url = wrappers[balancer]
             convs = conversations(args.conversations, shared, args, uuid.uuid4().hex[:8])
             before, cpu0, picks0 = worker_counters(workers), cpu_seconds(proc.pid), affinity_picks(url)
@@ -237,6 +245,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-ms", type=float, default=50.0, help="ms per 1000 uncached prompt characters")
     p.add_argument("--system-chars", type=int, default=2000)
     p.add_argument("--turn-chars", type=int, default=400)
+    p.add_argument("--one-bound", action="store_true",
+                   help=f"also run `{ONE_BOUND}`: the affinity balancer with its former single load bound")
     p.add_argument("--scale", type=lambda text: [int(n) for n in text.split(",")], default=[4, 1000],
                    help="instance counts of the in-process pick measurement (default 4,1000)")
 

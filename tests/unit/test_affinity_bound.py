@@ -187,3 +187,19 @@ def test_least_in_flight_shares_follow_weights_at_any_concurrency(concurrency):
         counts[chosen.id] += 1
         heapq.heappush(running, (clock + rng.expovariate(1.0), n, chosen))
     assert 0.73 <= counts[heavy.id] / 20000 <= 0.77, counts
+
+
+def test_bad_bound_settings_name_the_key_and_the_file(tmp_path):
+    from common.settings import ConfigError, load_settings
+
+    for text, key in (("wrapper:\n  affinity: {place_epsilon: -0.5}\n", "wrapper.affinity.place_epsilon"),
+                      ("wrapper:\n  affinity: {keep_slack: -1}\n", "wrapper.affinity.keep_slack"),
+                      ("wrapper:\n  affinity: {keep_slack: 1.5}\n", "wrapper.affinity.keep_slack")):
+        path = tmp_path / "env.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"{path}.*{key}"):
+            load_settings(path, environ={})
+    path = tmp_path / "env.yaml"
+    path.write_text("wrapper:\n  affinity: {place_epsilon: 0.25, keep_slack: 0}\n")
+    affinity = load_settings(path, environ={}).wrapper.affinity
+    assert (affinity.place_epsilon, affinity.keep_slack) == (0.25, 0)
