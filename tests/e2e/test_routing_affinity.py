@@ -141,6 +141,7 @@ def test_a_remembered_key_stays_one_request_over_the_bound_and_is_counted(stack)
         # remembered one stays (1 + 1 <= 1 + keep_slack); before keep_slack it moved and lost its cache
         assert served_by(ask(wrapper, model, [{"role": "user", "content": "n"}], newcomer)) != busy
         assert served_by(ask(wrapper, model, [{"role": "user", "content": "second turn"}], keeper)) == busy
+    wait_until(lambda: get_json(wrapper.url + "/health")[1]["in_flight"] == 0, 10, "the stream to end")
     after = affinity_picks(wrapper)
     assert after - before == collections.Counter({"placed": 2, "kept": 1}), (before, after)
 
