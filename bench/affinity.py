@@ -30,6 +30,10 @@ from pathlib import Path
 from .stack import BENCH, Stack, cpu_seconds
 
 BALANCERS = ("random", "least_in_flight", "affinity")
+# --one-bound: also `affinity` with the single bound it had before (a key placed and kept within
+# ceil(1.25 x share), no slack), in the same run, for a before/after comparison
+ONE_BOUND = "affinity, one bound"
+CONFIGS = {ONE_BOUND: "wrapper:\n  balancer: affinity\n  affinity: {place_epsilon: 0.25, keep_slack: 0}\n"}
 # the share of conversations that open with the one long system prompt
 WORKLOADS = (("own system prompts", 0.0), ("half share a system prompt", 0.5), ("all share one system prompt", 1.0))
 SECRET = "bench-affinity-secret"
@@ -55,17 +59,21 @@ def start(stack: Stack, args: argparse.Namespace) -> tuple[list, dict]:
         wait_until(lambda p=port: f"-127.0.0.1-{p}" in " ".join(stack.consul.services()), 30, f"worker {port}\n{proc.output()}")
         workers.append((proc, f"http://127.0.0.1:{port}"))
     wrappers = {}
-    for balancer in BALANCERS:
-        config = stack.workdir / f"affinity-{balancer}.yaml"
-        config.write_text(f"wrapper:\n  balancer: {balancer}\n")
+    for balancer in balancers(args):
+        config = stack.workdir / f"affinity-{balancer.replace(' ', '').replace(',', '-')}.yaml"
+        config.write_text(CONFIGS.get(balancer, f"wrapper:\n  balancer: {balancer}\n"))
         port = free_port()
-        proc = stack.procs.start(f"wrapper-{balancer}", python_script(
+        proc = stack.procs.start(f"wrapper-{balancer.replace(' ', '')}", python_script(
             "main_openai_wrapper_v2.py", "127.0.0.1", str(port), "--config", str(config), "--log-level", "warning"),
             env=env)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda u=url: get_json(f"{u}/v1/models/{MODEL}")[0] == 200, 30, f"wrapper {balancer}\n{proc.output()}")
         wrappers[balancer] = (proc, url)
     return workers, wrappers
+
+
+def balancers(args: argparse.Namespace) -> tuple[str, ...]:
+    return (*BALANCERS, ONE_BOUND) if args.one_bound else BALANCERS
 
 
 def worker_counters(workers: list) -> list[dict]:
@@ -76,6 +84,19 @@ def worker_counters(workers: list) -> list[dict]:
         health = get_json(url + "/health", {"X-Worker-Secret": SECRET})[1]
         out.append({"served": health["served"], **health["generator"]["prefix_cache"]})
     return out
+
+
+def affinity_picks(url: str) -> dict[str, int]:
+    """The wrapper's affinity picks by outcome (kept, placed, moved) from its /metrics; {} for other balancers."""
+    import urllib.request
+
+    picks = {}
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("oaw_affinity_picks_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                picks[outcome] = int(float(line.rsplit(" ", 1)[1]))
+    return picks
 
 
 def conversations(n: int, shared_share: float, args: argparse.Namespace, tag: str) -> list[list[dict]]:
@@ -137,13 +158,13 @@ async def drive(url: str, convs: list[list[dict]], turns: int, concurrency: int,
 def run_workloads(workers: list, wrappers: dict, args: argparse.Namespace) -> list[dict]:
     rows = []
     for workload, shared in WORKLOADS:
-        for balancer in BALANCERS:  # same run, one after the other, fresh conversations each
+        for balancer in balancers(args):  # same run, one after the other, fresh conversations each
             proc, url = wrappers[balancer]
             convs = conversations(args.conversations, shared, args, uuid.uuid4().hex[:8])
-            before, cpu0 = worker_counters(workers), cpu_seconds(proc.pid)
+            before, cpu0, picks0 = worker_counters(workers), cpu_seconds(proc.pid), affinity_picks(url)
             result = asyncio.run(drive(url, convs, args.turns, args.concurrency, args.turn_chars))
             cpu = cpu_seconds(proc.pid) - cpu0
-            after = worker_counters(workers)
+            after, picks = worker_counters(workers), {k: v - picks0.get(k, 0) for k, v in affinity_picks(url).items()}
             delta = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
             served = [d["served"] for d in delta]
             rows.append({
@@ -151,6 +172,8 @@ def run_workloads(workers: list, wrappers: dict, args: argparse.Namespace) -> li
                 "hit_rate": sum(d["cached_chars"] for d in delta) / max(1, sum(d["prompt_chars"] for d in delta)),
                 "busiest_vs_mean": max(served) / max(1e-9, statistics.mean(served)),
                 "wrapper_cpu_us_per_request": 1e6 * cpu / max(1, result["requests"]),
+                # affinity only: requests whose key was remembered (kept or moved) vs new keys (placed)
+                "picks": picks,
             })
             print(f"[affinity] {rows[-1]}", file=sys.stderr, flush=True)
     return rows
@@ -184,11 +207,13 @@ def markdown(section: dict) -> str:
     lines = ["## Affinity routing (#14)", "",
              f"{section['setup']}", "",
              "| workload | balancer | requests | errors | cache hit rate | p50 ms | p99 ms | busiest / mean | "
-             "wrapper CPU µs/request |", "|---|---|---|---|---|---|---|---|---|"]
+             "wrapper CPU µs/request | keys new / kept / moved |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in section["rows"]:
+        picks = r.get("picks") or {}
+        moves = f"{picks.get('placed', 0)} / {picks.get('kept', 0)} / {picks.get('moved', 0)}" if picks else "–"
         lines.append(f"| {r['workload']} | {r['balancer']} | {r['requests']} | {r['errors']} | {r['hit_rate']:.0%} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['busiest_vs_mean']:.2f} | "
-                     f"{r['wrapper_cpu_us_per_request']:.0f} |")
+                     f"{r['wrapper_cpu_us_per_request']:.0f} | {moves} |")
     lines += ["", "The pick alone, in process (µs per request):", "",
               "| instances | random pick | affinity pick | affinity key (digest of a chat's opening) |", "|---|---|---|---|"]
     for r in section["pick"]:
@@ -220,6 +245,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-ms", type=float, default=50.0, help="ms per 1000 uncached prompt characters")
     p.add_argument("--system-chars", type=int, default=2000)
     p.add_argument("--turn-chars", type=int, default=400)
+    p.add_argument("--one-bound", action="store_true",
+                   help=f"also run `{ONE_BOUND}`: the affinity balancer with its former single load bound")
     p.add_argument("--scale", type=lambda text: [int(n) for n in text.split(",")], default=[4, 1000],
                    help="instance counts of the in-process pick measurement (default 4,1000)")
 

@@ -155,10 +155,12 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 class AffinitySettings(_Section):
     """The `affinity` balancer (docs/routing.md)."""
 
-    epsilon: float = Field(0.25, ge=0)  # an instance may hold (1 + epsilon) x its share of the in-flight requests
+    epsilon: float = Field(0.25, ge=0)  # a remembered key's instance may hold (1 + epsilon) x its share (+ keep_slack)
     max_keys: int = Field(100_000, ge=1)  # keys whose last instance is remembered (LRU), per wrapper process
     vnodes: int = Field(40, ge=1, le=1000)  # ring points per instance and unit of weight
     prompt_chars: int = Field(2048, ge=1)  # a completion prompt's leading characters that form its key
+    place_epsilon: float = Field(0.0, ge=0)  # the bound for placing a key that has no cache yet (new or moving)
+    keep_slack: int = Field(1, ge=0)  # requests above the epsilon bound a remembered key's instance may hold
 
 
 class WrapperSettings(_Section):

@@ -4,13 +4,21 @@ key went (docs/routing.md).
 A key seen for the first time is placed by a hash ring with virtual nodes (`vnodes` per unit of weight),
 so every wrapper replica with the same instances places it the same way, and an instance joining or
 leaving moves only its own share of keys. After that the key's last instance is remembered (an LRU of
-`max_keys` entries), because that is where the engine's prefix cache now is. Bounded load: an instance
-whose in-flight count would exceed ceil((1 + epsilon) x its weighted share of the model's in-flight
-requests) is passed over for the next one on the ring, and the key is remembered at its new place.
+`max_keys` entries), because that is where the engine's prefix cache now is.
 
-Cost per pick: a remembered key on an idle instance is two dict reads; a busy instance needs the model's
-in-flight total, summed over its instances at most once per TOTAL_TTL (5 ms) and shared by the picks in
-between; a new key adds a bisect of the ring (O(log n)).
+Bounded load, with two bounds, because a move is free for a key without a cache and costly for one with:
+- placing a key (a new one, or one that must move) passes over every instance whose in-flight count would
+  exceed ceil((1 + place_epsilon) x its weighted share of the model's in-flight requests, this one
+  included), for the next one on the ring; the key is remembered where it lands;
+- a remembered key stays on its instance up to ceil((1 + epsilon) x that share) + keep_slack requests:
+  moving it throws away its cached prefix (a cold prefill of the whole conversation), while one request
+  more on a busy instance costs a share of a batch. With few requests per instance, in-flight counts
+  swing by whole requests, and a bound without that slack moved a conversation on one turn in seven of
+  the bench's (docs/performance.md, "Affinity routing (#14)").
+
+Cost per pick: a remembered key on an instance holding at most keep_slack requests is two dict reads; a
+busier one needs the model's in-flight total, summed over its instances at most once per TOTAL_TTL (5 ms)
+and shared by the picks in between; a new key adds a bisect of the ring (O(log n)).
 """
 from __future__ import annotations
 
@@ -79,10 +87,16 @@ class Ring:
 
 
 class Affinity:
-    def __init__(self, epsilon: float = 0.25, max_keys: int = 100_000, vnodes: int = 40) -> None:
+    def __init__(self, epsilon: float = 0.25, max_keys: int = 100_000, vnodes: int = 40,
+                 place_epsilon: float = 0.0, keep_slack: int = 1) -> None:
         self.epsilon = epsilon
         self.max_keys = max_keys
         self.vnodes = vnodes
+        self.place_epsilon = place_epsilon
+        self.keep_slack = keep_slack
+        # picks by outcome, for /metrics and the bench: the remembered instance took the key, a new key was
+        # placed, a remembered key had to move (its instance was over the bound, cooling down or had failed)
+        self.kept = self.placed = self.moved = 0
         self._homes: OrderedDict[tuple[str, bytes], str] = OrderedDict()  # (model, key) -> instance id
         self._rings: dict[str, Ring] = {}
         self._totals: dict[str, list] = {}  # model -> [valid until, in-flight total, the list it was summed over]
@@ -122,14 +136,24 @@ class Affinity:
         slot = (model, key)
         homes = self._homes
         remembered = ring.by_id.get(homes.get(slot, ""))
-        if remembered is not None and remembered.in_flight == 0 and remembered.cooled_until <= now and usable is None:
+        if (remembered is not None and remembered.in_flight <= self.keep_slack and remembered.cooled_until <= now
+                and usable is None):
             homes.move_to_end(slot)  # the usual case, decided without the load bound's sum
+            self.kept += 1
+            self._count_up(model)
             return remembered
-        bound = _Bound(self.epsilon, lambda: self._in_flight(model, candidates, now), ring.total_weight)
-        if remembered is not None and self._fits(remembered, usable, now, bound):
-            homes.move_to_end(slot)
-            return remembered
-        choice = next((i for i in ring.walk(key) if self._fits(i, usable, now, bound)), None)
+        bound = _Bound(self.epsilon, self.place_epsilon, self.keep_slack,
+                       lambda: self._in_flight(model, candidates, now), ring.total_weight)
+        if remembered is not None:
+            if self._usable(remembered, usable, now) and bound.keeps(remembered):
+                homes.move_to_end(slot)
+                self.kept += 1
+                self._count_up(model)
+                return remembered
+            self.moved += 1
+        else:
+            self.placed += 1
+        choice = next((i for i in ring.walk(key) if self._usable(i, usable, now) and bound.places(i)), None)
         if choice is None:  # everything is busy or cooling: the least loaded usable one, as other balancers
             pool = [c for c in candidates if usable is None or c in usable]
             if not pool:
@@ -140,9 +164,13 @@ class Affinity:
         homes.move_to_end(slot)
         if len(homes) > self.max_keys:
             homes.popitem(last=False)
-        if (counted := self._totals.get(model)) is not None:
-            counted[1] += 1  # the request about to start on `choice`
+        self._count_up(model)
         return choice
+
+    def _count_up(self, model: str) -> None:
+        """The request about to start on the instance picked, added to the model's reused in-flight total."""
+        if (counted := self._totals.get(model)) is not None:
+            counted[1] += 1
 
     def _in_flight(self, model: str, candidates: Sequence[Instance], now: float) -> int:
         """The model's in-flight total, summed at most once per TOTAL_TTL seconds (and counted up by the
@@ -157,22 +185,34 @@ class Affinity:
         return total
 
     @staticmethod
-    def _fits(inst: Instance, usable: Sequence[Instance] | None, now: float, bound: _Bound) -> bool:
-        return (inst.cooled_until <= now and (usable is None or inst in usable)
-                and (inst.in_flight == 0 or bound.allows(inst)))
+    def _usable(inst: Instance, usable: Sequence[Instance] | None, now: float) -> bool:
+        return inst.cooled_until <= now and (usable is None or inst in usable)
 
 
 class _Bound:
-    """The load bound, with the model's in-flight total asked for only if an instance is busy at all."""
+    """The two load bounds (module docstring), with the model's in-flight total asked for only if an
+    instance is busy at all."""
 
-    def __init__(self, epsilon: float, total_of: Callable[[], int], total_weight: int) -> None:
+    def __init__(self, epsilon: float, place_epsilon: float, keep_slack: int, total_of: Callable[[], int],
+                 total_weight: int) -> None:
         self.epsilon = epsilon
+        self.place_epsilon = place_epsilon
+        self.keep_slack = keep_slack
         self.total_of = total_of
         self.total_weight = total_weight
         self._total: int | None = None
 
-    def allows(self, inst: Instance) -> bool:
+    def capacity(self, inst: Instance, epsilon: float) -> int:
+        """The requests `inst` may hold, the one being placed included: ceil((1 + epsilon) x its weighted
+        share of the model's in-flight requests, that one counted too) - "consistent hashing with bounded
+        loads" (Mirrokni, Thorup, Zadimoghaddam)."""
         if self._total is None:
             self._total = self.total_of()
         share = (self._total + 1) * inst.weight / self.total_weight
-        return inst.in_flight + 1 <= math.ceil((1 + self.epsilon) * share)
+        return math.ceil((1 + epsilon) * share)
+
+    def places(self, inst: Instance) -> bool:
+        return inst.in_flight == 0 or inst.in_flight + 1 <= self.capacity(inst, self.place_epsilon)
+
+    def keeps(self, inst: Instance) -> bool:
+        return inst.in_flight + 1 <= self.capacity(inst, self.epsilon) + self.keep_slack

@@ -79,7 +79,7 @@ class Wrapper:
         """`listen`: (host, port) to register the wrapper in Consul under (wrapper/gateway.py); None: not."""
         self.settings = settings
         aff = settings.wrapper.affinity
-        self.affinity = (Affinity(aff.epsilon, aff.max_keys, aff.vnodes)
+        self.affinity = (Affinity(aff.epsilon, aff.max_keys, aff.vnodes, aff.place_epsilon, aff.keep_slack)
                          if settings.wrapper.balancer == "affinity" else None)
         self.table = RoutingTable(POLICIES[settings.wrapper.balancer], settings.wrapper.cooldown,
                                   RouteRules(settings.wrapper.routes), self.affinity)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,6 +19,7 @@ from common.http import CLIENT_CLOSED, ClientGone, SSEResponse
 from common.metrics import OVERHEAD_BUCKETS, PREFIX, Exposition, Observation, RequestMetrics, preset
 from common.wire import PATHS, Capability
 from svc_mgr import Instance, RoutingTable
+from svc_mgr.affinity import Affinity
 
 REJECTION_REASONS = ("auth", "not_found", "body_size", "concurrency", "rate_limit", "invalid_request")
 _REJECTED_BY_WRAPPER = {401: "auth", 403: "auth", 404: "not_found", 413: "body_size", 429: "rate_limit"}
@@ -150,3 +151,18 @@ class TableCollector(Collector):
                                 "wrapper.consul_wait)", value=now - heard if heard is not None else float("inf"))
         yield GaugeMetricFamily(f"{PREFIX}consul_up", "Whether Consul answered the last query (1) or not (0)",
                                 value=0 if self.consul_down() or heard is None else 1)
+        yield from affinity_metrics(self.table.affinity)
+
+
+def affinity_metrics(affinity: Affinity | None) -> Iterator[Metric]:
+    """The affinity balancer's picks by outcome and its remembered keys (nothing without that balancer)."""
+    if affinity is None:
+        return
+    picks = CounterMetricFamily(f"{PREFIX}affinity_picks", "Picks of the affinity balancer, by outcome: kept (the "
+                                "key's remembered instance took it), placed (a new key), moved (its remembered "
+                                "instance was over the load bound, cooling down or had failed)", labels=["outcome"])
+    for outcome, count in (("kept", affinity.kept), ("placed", affinity.placed), ("moved", affinity.moved)):
+        picks.add_metric([outcome], count)
+    yield picks
+    yield GaugeMetricFamily(f"{PREFIX}affinity_keys", "Keys whose last instance the affinity balancer remembers "
+                            "(wrapper.affinity.max_keys at most)", value=len(affinity))

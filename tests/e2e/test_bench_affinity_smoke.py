@@ -27,4 +27,8 @@ def test_bench_affinity_small_run_writes_its_table(tmp_path):
         ("own system prompts", b) for b in ("random", "least_in_flight", "affinity")]
     assert len(section["rows"]) == 9
     assert all(r["requests"] == 8 and r["errors"] == 0 and 0 <= r["hit_rate"] <= 1 for r in section["rows"])
+    # with `affinity`, each conversation's second turn found the key its first turn left (no new key)
+    assert [r["picks"]["placed"] + r["picks"]["kept"] + r["picks"]["moved"] for r in section["rows"]
+            if r["balancer"] == "affinity"] == [8, 8, 8]
+    assert all(r["picks"]["placed"] == 4 for r in section["rows"] if r["balancer"] == "affinity")
     assert (tmp_path / "affinity.md").read_text().strip() in stdout

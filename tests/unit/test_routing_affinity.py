@@ -54,7 +54,7 @@ def test_an_instance_above_the_bound_is_passed_over_and_the_moved_key_stays():
     table = table_of(inst(0), inst(1))
     key = keys(1)[0]
     home = table.pick("m", key=key)
-    home.in_flight = 2  # bound: ceil(1.25 * (2 + 1) / 2) = 2, so a third request does not fit
+    home.in_flight = 5  # keep bound: ceil(1.25 * (5 + 1) / 2) = 4, + keep_slack 1: a sixth request does not fit
     moved = table.pick("m", key=key)
     assert moved is not home
     home.in_flight = 0
