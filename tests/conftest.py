@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.procs import Consul, Procs
 from tests.support.schemas import Schemas
 from tests.support.servers import Server, start_wrapper
@@ -67,3 +68,11 @@ def wrapper(module_procs, consul) -> Server:
 @pytest.fixture(scope="session")
 def schemas() -> Schemas:
     return Schemas()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A local OpenAI-compatible server standing in for an internet API (tests/support/fake_upstream.py)."""
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()

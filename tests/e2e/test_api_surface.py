@@ -45,13 +45,6 @@ GHOST_CHAT = unique_model("ghost-chat")  # claims chat only
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def workers(module_procs, consul, upstream):
     env = {"OPENAI_BASE_URL": upstream.base_url, "OPENAI_API_KEY": "sk-surface-test-key"}
     start_worker(module_procs, consul, "", "--models", f"{MODEL},{ALIASED}={UPSTREAM_NAME},{CUT}={CUT_SPEECH}",

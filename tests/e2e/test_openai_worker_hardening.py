@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from tests.support.fake_upstream import GZIP_ANSWER, STREAM_WORDS, FakeUpstream
+from tests.support.fake_upstream import GZIP_ANSWER, STREAM_WORDS
 from tests.support.procs import post, wait_until
 from tests.support.servers import routable, start_worker, unique_model
 
@@ -18,13 +18,6 @@ KEY = "sk-hardening-secret-5551234"
 
 def chat(model: str) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture(scope="module")
