@@ -65,12 +65,12 @@ async def body_size(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def connection(**limits):
+def connection(transport: FakeTransport | None = None, **limits):
     settings = LimitSettings(max_header_bytes=CAP, **limits)
     config = uvicorn.Config(body_size, http=guarded_protocol(settings), lifespan="off", log_config=None)
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
-    transport = FakeTransport()
+    transport = transport or FakeTransport()
     transport.protocol = protocol
     protocol.connection_made(transport)
     return protocol, transport
@@ -259,13 +259,8 @@ def test_an_answer_leaves_in_one_write_head_and_body_together():
             super().write(data)
 
     async def run() -> Counting:
-        settings = LimitSettings(max_header_bytes=CAP)
-        config = uvicorn.Config(body_size, http=guarded_protocol(settings), lifespan="off", log_config=None)
-        config.load()
-        protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
         transport = Counting()
-        transport.protocol = protocol
-        protocol.connection_made(transport)
+        protocol, _ = connection(transport)
         protocol.data_received(request(200, b"12345"))
         await settle()
         return transport
