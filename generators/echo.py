@@ -155,8 +155,9 @@ class EchoGen(Generator):
                 "segments": [{"start": 0.0, "end": 1.0, "text": first}, {"start": 1.0, "end": 2.0, "text": second}]}
 
     async def image(self, request: dict[str, Any], images: list[bytes]) -> list[bytes]:
-        """`n` small PNGs, coloured by the prompt (and the uploads, for an edit) and the image's index."""
-        seed = hashlib.sha256(str(request.get("prompt", "")).encode() + b"".join(images)).digest()
+        """`n` small PNGs, coloured by the prompt (and the uploads and mask, for an edit) and the image's index."""
+        seed = hashlib.sha256(str(request.get("prompt", "")).encode() + b"".join(images)
+                              + request.get("mask", b"")).digest()
         return [png(IMAGE_SIDE, IMAGE_SIDE, _gradient(seed[0] ^ i, seed[1], seed[2]))
                 for i in range(int(request.get("n") or 1))]
 

@@ -162,7 +162,9 @@ class MediaEndpoints:
         _only_b64(upload.fields)
         images = [data for _, data in upload.named("image", "image[]")]
         filename = next((name for name, _ in upload.named("image", "image[]")), "")
-        return await self._images(request, {**upload.fields, "filename": filename}, images)
+        mask = next((data for _, data in upload.named("mask")), None)
+        fields = {**upload.fields, "filename": filename, **({"mask": mask} if mask is not None else {})}
+        return await self._images(request, fields, images)
 
     async def _images(self, request: Request, body: dict[str, Any], images: list[bytes]) -> Response:
         try:

@@ -198,6 +198,15 @@ def test_an_image_edit_takes_the_uploaded_image(client, schemas):
     assert png_size(edited) == (8, 8) and edited != original
 
 
+def test_an_image_edit_hands_the_mask_to_the_generator(client):
+    """EchoGen colours an edit by its uploads and mask: the same edit with a mask comes out different."""
+    original = base64.b64decode(client.images.generate(model=MODEL, prompt="a cat").data[0].b64_json)
+    plain = client.images.edit(model=MODEL, image=("cat.png", original), prompt="make it blue").data[0].b64_json
+    masked = client.images.edit(model=MODEL, image=("cat.png", original), mask=("mask.png", original),
+                                prompt="make it blue").data[0].b64_json
+    assert masked != plain
+
+
 @pytest.mark.parametrize("body, param", [({"prompt": "x"}, "model"), ({"model": MODEL}, "prompt"),
                                          ({"model": MODEL, "prompt": 5}, "prompt"),
                                          ({"model": MODEL, "prompt": "x", "n": "two"}, "n"),
