@@ -121,19 +121,22 @@ def markdown(results: dict, labels: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _median(rows: list[dict[str, float | None]], key: str, fmt: str) -> str:
+    values = [v for f in rows if (v := f[key]) is not None]
+    return _cell(statistics.median(values) if values else None, fmt)
+
+
 def median_table(runs: list[dict], labels: dict[str, str]) -> str:
     """The same table, each figure the median over several runs' results.json (the docs' table)."""
     per_run = [figures(r, labels) for r in runs]
     rows = list(per_run[0])
-    lines = [f"| path | req/s ÷ direct, c=16 | p50 − direct, c=1 (ms) | stream TTFC − direct (ms) | "
-             f"proxy CPU µs/request, c=16 (each run) |", "|---|---:|---:|---:|---:|"]
+    lines = ["| path | req/s ÷ direct, c=16 | p50 − direct, c=1 (ms) | stream TTFC − direct (ms) | "
+             "proxy CPU µs/request, c=16 (each run) |", "|---|---:|---:|---:|---:|"]
     for label in rows:
-        def med(key: str, fmt: str) -> str:
-            values = [f[label][key] for f in per_run if label in f and f[label][key] is not None]
-            return _cell(statistics.median(values) if values else None, fmt)
-        each = ", ".join(_cell(f[label]["cpu_us"], ".0f") for f in per_run if label in f)
-        lines.append(f"| {label} | {med('ratio', '.2f')} | {med('added_p50', '+.3f')} | {med('added_ttfc', '+.3f')} | "
-                     f"{med('cpu_us', '.0f')} ({each}) |")
+        each = [f[label] for f in per_run if label in f]
+        cpu_each = ", ".join(_cell(f["cpu_us"], ".0f") for f in each)
+        lines.append(f"| {label} | {_median(each, 'ratio', '.2f')} | {_median(each, 'added_p50', '+.3f')} | "
+                     f"{_median(each, 'added_ttfc', '+.3f')} | {_median(each, 'cpu_us', '.0f')} ({cpu_each}) |")
     return "\n".join(lines) + "\n"
 
 
