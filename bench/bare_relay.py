@@ -102,7 +102,7 @@ class PyreqwestClient:
         builder = self.client.post(url).headers({"Content-Type": JSON}).body_bytes(body)
         if whole:
             return _PyreqwestAnswer(await builder.build().send(), None)
-        stream = builder.build_streamed()
+        stream = builder.streamed_read_buffer_limit(1).build_streamed()  # else it reads 64 KiB ahead first
         return _PyreqwestAnswer(await stream.__aenter__(), stream)
 
     async def close(self) -> None:

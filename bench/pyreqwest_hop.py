@@ -10,6 +10,8 @@ what the Hop catches for a worker failing mid-answer.
 Differences that remain (a bench row, not a product client):
 - a JSON answer (`whole`) is read by pyreqwest in full before `send()` returns (its fastest path), so the
   `max_answer_bytes` cap of an answer without Content-Length applies after it was buffered, not while;
+- a stream is read with pyreqwest's read-ahead at its minimum (STREAM_READ_AHEAD), so chunks are relayed as
+  they arrive;
 - a stream's connection is released by a task (pyreqwest closes a streamed answer asynchronously, the
   Hop's Attempt.close is synchronous).
 """
@@ -27,6 +29,11 @@ from pyreqwest.response import Response
 
 from common.errors import BadGateway, GatewayTimeout
 from wrapper.hop import Attempt, Hop
+
+# pyreqwest reads a streamed body ahead before `__aenter__` returns, up to this many bytes (default 64 KiB):
+# with the default, a stream's first chunk waited until 64 KiB had come or the stream had ended, and an
+# idle timeout around a read could not fire while it filled. 1: each chunk is handed on as it arrives.
+STREAM_READ_AHEAD = 1
 
 
 class _Body:
@@ -86,6 +93,13 @@ class _Answer:
             asyncio.get_running_loop().create_task(stream.__aexit__(None, None, None))
 
 
+def _never_connected(exc: ConnectError) -> bool:
+    """pyreqwest raises ConnectError also for a connection closed after the request was sent; only hyper's
+    "client error (Connect)" cause says the request never left (what aiohttp's ClientConnectorError says)."""
+    causes = (exc.details or {}).get("causes", [])
+    return any(cause.get("message") == "client error (Connect)" for cause in causes)
+
+
 class PyreqwestHop(Hop):
     """Hop over one pooled pyreqwest client, created at start-up."""
 
@@ -117,15 +131,17 @@ class PyreqwestHop(Hop):
                     response = await builder.build().send()
                     answer = _Answer(response, bytes(await response.bytes()), None)
                 else:
-                    stream = builder.build_streamed()
+                    stream = builder.streamed_read_buffer_limit(STREAM_READ_AHEAD).build_streamed()
                     answer = _Answer(await stream.__aenter__(), None, stream)
         except ConnectTimeoutError:
             raise GatewayTimeout("Connecting to the worker timed out.", code="connect_timeout") from None
         except TimeoutError:
             raise GatewayTimeout("The worker sent nothing within the first-byte timeout.",
                                  code="first_byte_timeout") from None
-        except ConnectError:  # refused, unroutable: nothing was sent
-            raise BadGateway("The worker could not be reached.", code="worker_unreachable") from None
+        except ConnectError as exc:
+            if _never_connected(exc):  # refused, unroutable: nothing was sent
+                raise BadGateway("The worker could not be reached.", code="worker_unreachable") from None
+            raise BadGateway("The worker closed the connection without answering.", code="worker_failed") from None
         except PyreqwestError:  # reset or closed once connected: the worker may have read the request
             raise BadGateway("The worker closed the connection without answering.", code="worker_failed") from None
         attempt.response = answer  # type: ignore[assignment]  # aiohttp-shaped, see _Answer
