@@ -12,6 +12,7 @@ the wrapper's code), see `install`.
 from __future__ import annotations
 
 import importlib.util
+import re
 import statistics
 import subprocess
 import sys
@@ -58,15 +59,20 @@ def missing_packages() -> list[str]:
     return [p for p in PACKAGES if importlib.util.find_spec(p) is None]
 
 
+def pins(reqs_bench: Path) -> list[str]:
+    """The candidates' requirement lines of requirements-bench.txt, e.g. "granian==2.8.7"."""
+    lines = [line.split("#")[0].strip() for line in reqs_bench.read_text().splitlines()]
+    return [line for line in lines if re.split(r"[=<>!~\[ ]", line, maxsplit=1)[0] in PACKAGES]
+
+
 def install(reqs_bench: Path, log) -> None:
     """The candidates' pinned lines of requirements-bench.txt, into this (the project's) environment: the rows
     run the wrapper's own code, so they need the packages next to it, not in .venv-bench/."""
-    pins = [line.split("#")[0].strip() for line in reqs_bench.read_text().splitlines()
-            if line.split("#")[0].strip().split("==")[0].split(">")[0].strip() in PACKAGES]
-    if not pins or not missing_packages():
+    if not missing_packages():
         return
-    log(f"$ {sys.executable} -m pip install {' '.join(pins)}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins], check=True)
+    wanted = pins(reqs_bench)
+    log(f"$ {sys.executable} -m pip install {' '.join(wanted)}")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted], check=True)
 
 
 def start(stack: Stack, candidate: Candidate, worker_url: str, model: str) -> Service:
