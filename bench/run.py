@@ -4,6 +4,7 @@
     python3 -m bench.run            # full run (≈ 8 min): installs its peers, writes bench/results/
     python3 -m bench.run --quick    # a small run (≈ 1 min), what tests/e2e/test_bench_smoke.py runs
     python3 -m bench.run --real-model   # also a real model: SmolLM2-135M-Instruct, direct vs through the wrapper
+    python3 -m bench.run --candidates   # also issue #13's server/client candidates (granian, pyreqwest) as rows
 
 from the repository root (bench/ is a package and imports tests.support.procs).
 
