@@ -21,15 +21,16 @@ from common.settings import Settings, load_settings, secret
 from wrapper.app import Wrapper
 
 SERVERS = ("uvicorn", "granian")
-CLIENTS = ("aiohttp", "pyreqwest")
+CLIENTS = ("aiohttp", "pyreqwest", "pyreqwest-json")  # pyreqwest-json: pyreqwest for JSON, aiohttp for streams
 
 
 def build(settings: Settings, host: str, port: int, client: str) -> Wrapper:
-    """The wrapper as the product builds it, its Hop replaced by the pyreqwest one if asked."""
+    """The wrapper as the product builds it, its Hop replaced by a pyreqwest one if asked."""
     wrapper = Wrapper(settings, (host, port))
-    if client == "pyreqwest":
-        from .pyreqwest_hop import PyreqwestHop
-        hop = PyreqwestHop(wrapper.table, settings.wrapper, secret(settings.worker.secret))
+    if client != "aiohttp":
+        from .pyreqwest_hop import JsonPyreqwestHop, PyreqwestHop
+        hop_class = PyreqwestHop if client == "pyreqwest" else JsonPyreqwestHop
+        hop = hop_class(wrapper.table, settings.wrapper, secret(settings.worker.secret))
         hop.observer, hop.trace_headers = wrapper.hop.observer, wrapper.hop.trace_headers
         wrapper.hop = hop
     return wrapper

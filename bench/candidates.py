@@ -2,8 +2,8 @@
 
 Each row is one process relaying to the same EchoGen worker as the `wrapper` row, loaded in turn with the
 others by the JSON and streaming phases:
-- the wrapper (every default feature on) on granian instead of uvicorn, with pyreqwest instead of aiohttp,
-  and both (bench/candidate_wrapper.py);
+- the wrapper (every default feature on) on granian instead of uvicorn, with pyreqwest instead of aiohttp
+  (for every answer, or for JSON only), and both (bench/candidate_wrapper.py);
 - bare relays, no features (bench/bare_relay.py): today's libraries (uvicorn + aiohttp), each library
   swapped alone, and granian's own interface (RSGI) with pyreqwest.
 The packages come from requirements-bench.txt, installed into the project's environment (the rows import
@@ -40,6 +40,8 @@ CANDIDATES = (
               ("--server", "granian", "--client", "aiohttp"), True),
     Candidate("wrapper-pyreqwest", "wrapper on uvicorn + pyreqwest → worker", "bench.candidate_wrapper",
               ("--server", "uvicorn", "--client", "pyreqwest"), True),
+    Candidate("wrapper-pyreqwest-json", "wrapper on uvicorn + pyreqwest for JSON, aiohttp for streams → worker",
+              "bench.candidate_wrapper", ("--server", "uvicorn", "--client", "pyreqwest-json"), True),
     Candidate("wrapper-granian-pyreqwest", "wrapper on granian (ASGI) + pyreqwest → worker", "bench.candidate_wrapper",
               ("--server", "granian", "--client", "pyreqwest"), True),
     Candidate("bare-uvicorn-aiohttp", "bare relay, uvicorn + aiohttp → worker", "bench.bare_relay",

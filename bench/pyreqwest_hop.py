@@ -106,6 +106,10 @@ class PyreqwestHop(Hop):
     _client: Client | None = None
 
     async def start(self) -> None:
+        self._start_client()
+        self._session = self._client  # type: ignore[assignment]  # Hop.open checks start() ran by it
+
+    def _start_client(self) -> None:
         self._client = (ClientBuilder()
                         .max_connections(self.settings.max_connections)
                         .connect_timeout(timedelta(seconds=self.timeouts.connect))
@@ -113,7 +117,6 @@ class PyreqwestHop(Hop):
                         .gzip(False).brotli(False).zstd(False).deflate(False)  # bytes passed on untouched
                         .follow_redirects(False).referer(False)
                         .build())
-        self._session = self._client  # type: ignore[assignment]  # Hop.open checks start() ran by it
 
     async def close(self) -> None:
         if self._client is not None:
@@ -147,3 +150,24 @@ class PyreqwestHop(Hop):
         attempt.response = answer  # type: ignore[assignment]  # aiohttp-shaped, see _Answer
         if whole or attempt.status == 404:  # as the Hop: the cap, and a 404's body tells a stale instance
             attempt.content = await self._read_body(attempt)
+
+
+class JsonPyreqwestHop(PyreqwestHop):
+    """pyreqwest for the answers read whole (JSON), the Hop's own aiohttp session for streams and audio,
+    which pyreqwest relays slower (docs/performance.md): two pools, one per kind of answer."""
+
+    async def start(self) -> None:
+        await Hop.start(self)
+        self._start_client()
+
+    async def close(self) -> None:
+        await Hop.close(self)
+        if self._client is not None:
+            await self._client.close()
+
+    async def _send(self, attempt: Attempt, path: str, body: bytes, request_id: str, whole: bool,
+                    content_type: str | None = None) -> None:
+        if whole:
+            await super()._send(attempt, path, body, request_id, whole, content_type)
+        else:
+            await Hop._send(self, attempt, path, body, request_id, whole, content_type)

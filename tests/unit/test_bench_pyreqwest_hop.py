@@ -1,7 +1,7 @@
 """bench/pyreqwest_hop.py (issue #13's client candidate) keeps the Hop's behaviour: every test of
 tests/unit/test_hop.py (failover, cool-down, the retry budget, timeouts, the answer cap, keep-alive pings,
-resets) runs again here with the Hop's aiohttp client replaced by pyreqwest, against the same in-process
-fake workers. So the bench's "wrapper with pyreqwest" row measures the same features as the `wrapper` row."""
+resets) runs again here with the Hop's aiohttp client replaced by pyreqwest (for every answer, and for the
+JSON answers only), against the same in-process fake workers. So the bench's "wrapper with pyreqwest" row measures the same features as the `wrapper` row."""
 from __future__ import annotations
 
 import pytest
@@ -9,14 +9,14 @@ import pytest
 pytest.importorskip("pyreqwest", reason="bench-only package (requirements-bench.txt)")
 
 import tests.unit.test_hop as hop_tests
-from bench.pyreqwest_hop import PyreqwestHop
+from bench.pyreqwest_hop import JsonPyreqwestHop, PyreqwestHop
 from tests.unit.test_hop import *  # noqa: F403  (the Hop's tests, collected again with this module's fixture)
 
 
-@pytest.fixture(autouse=True)
-def pyreqwest_client(monkeypatch):
+@pytest.fixture(autouse=True, params=[PyreqwestHop, JsonPyreqwestHop])
+def pyreqwest_client(monkeypatch, request):
     async def open_hop(table, max_attempts, **kwargs):
-        hop = PyreqwestHop(table, hop_tests.settings(max_attempts, **kwargs), None)
+        hop = request.param(table, hop_tests.settings(max_attempts, **kwargs), None)
         await hop.start()
         return hop
 
