@@ -60,6 +60,9 @@ READS_AT_ONCE = 3  # reads in flight at once: with the three watches, at most 6 
 IDS_PER_READ = 16  # instances of one service read by their ids; more: the whole service
 SAFE_ID = re.compile(r"[A-Za-z0-9_.:@/+-]{1,256}")  # ids quoted into a filter expression as they are
 NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the node, not each service
+# An answer this big (the whole checks answer of some 700 instances) is followed by a whole
+# wrapper.consul_min_interval before the watch asks again; a smaller one by its share of it
+PACED_ANSWER_BYTES = 256 * 1024
 
 Key = tuple[str, str]  # (node, service id): an instance
 # when an instance's checks were created, and its tags: changes when it is registered again (perhaps at
@@ -205,6 +208,17 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+def pause_after(size: int, min_interval: float) -> float:
+    """Seconds a watch waits, after an answer of `size` bytes, before asking again.
+
+    Blocking queries return only when Consul's index moves, so asking again at once never spins on an idle
+    catalog; the pause only bounds what a storm of changes (thousands of workers starting) costs, and that
+    cost is decoding the answer, proportional to its size. So the whole checks answer of a large catalog is
+    read at most once per min_interval, while small answers (failing checks, the services list, a small
+    catalog) come back at once: a registration is not held up by the change before it."""
+    return min_interval * min(1.0, size / PACED_ANSWER_BYTES)
+
+
 def _next_index(old: int, new: int) -> int:
     # Consul's rule for blocking queries: an index that went backwards (agent restarted) resets to 0.
     return new if new >= old else 0
@@ -260,14 +274,15 @@ class Discovery:
         """A blocking query, forever; failures back off and are reported once."""
         assert self._consul is not None
         name = f"{path}?filter={params['filter']}" if "filter" in params else path  # the outage is per watch
-        index, backoff, last, lost, failing = 0, 0.2, -math.inf, False, False
+        index, backoff, last, lost, failing, pause = 0, 0.2, -math.inf, False, False, 0.0
         while True:
-            # a burst of check updates (thousands of workers) is read as one answer per min_interval
-            await asyncio.sleep(max(0.0, last + self.min_interval - time.monotonic()) if index else 0)
+            # a burst of changes is read as one big answer per min_interval (see pause_after)
+            await asyncio.sleep(max(0.0, last + pause - time.monotonic()) if index else 0)
             try:
                 asked = time.monotonic()
                 answer = await self._consul.read(path, index or None, self._wait(), params)
                 last = self.heard_at = time.monotonic()
+                pause = pause_after(len(answer.raw), self.min_interval)
                 try:
                     await apply(answer, lost or answer.index < index)
                     failing = False
