@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import logging
 import math
 import re
@@ -40,6 +41,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
+import msgspec
+import orjson
 
 from common.settings import ConsulSettings, WrapperSettings
 
@@ -72,22 +75,52 @@ Seen = tuple[str, Registration, bool]  # (service, registration, passing)
 Book = dict[Key, tuple[Registration, Instance | None]]  # the registration an instance was read at, and what
 
 
+class Check(msgspec.Struct):
+    """What discovery reads of a check in a `/v1/health/state/any` answer. Decoding only these fields
+    (msgspec skips Output, Definition and the rest unbuilt) takes a tenth of the memory of decoding whole
+    dicts: at 10,000 instances the answer is 3 MB and whole dicts peaked near 100 MB (docs/performance.md)."""
+
+    Node: str
+    Status: str
+    ServiceID: str = ""
+    ServiceName: str = ""
+    ServiceTags: tuple[str, ...] | None = None
+    CreateIndex: int = 0
+
+
+_CHECKS = msgspec.json.Decoder(list[Check] | None)
+
+
+def checks_in(raw: bytes) -> list[Check]:
+    """A `/v1/health/state/any` answer, decoded into Checks."""
+    return _CHECKS.decode(raw) or []
+
+
 def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
+    """`seen_in` over checks as dicts (as JSON decodes them)."""
+    return seen_in(msgspec.convert(list(checks), list[Check]))
+
+
+def seen_in(checks: Iterable[Check]) -> dict[Key, Seen]:
     """Our instances in a `/v1/health/state/any` answer, each passing only if all its checks and its node's do.
 
-    One pass building plain tuples: it runs over every tagged check on every change (docs/performance.md)."""
+    One pass building plain tuples: it runs over every tagged check on every change (docs/performance.md).
+    Equal node names and tag lists are shared, not kept once per instance."""
     found: dict[Key, Seen] = {}
     failing_nodes: set[str] = set()
+    shared: dict[Any, Any] = {}
     for c in checks:
-        service_id = c["ServiceID"]
+        service_id = c.ServiceID
         if not service_id:
-            if c["Status"] != "passing":
-                failing_nodes.add(c["Node"])
+            if c.Status != "passing":
+                failing_nodes.add(c.Node)
             continue
-        if MARKER_TAG not in (c["ServiceTags"] or ()):
+        tags = c.ServiceTags
+        if not tags or MARKER_TAG not in tags:
             continue
-        key = (c["Node"], service_id)
-        seen = (c["ServiceName"], (c["CreateIndex"], tuple(c["ServiceTags"])), c["Status"] == "passing")
+        tags = shared.setdefault(tags, tags)
+        key = (shared.setdefault(c.Node, c.Node), service_id)
+        seen = (c.ServiceName, (c.CreateIndex, tags), c.Status == "passing")
         other = found.get(key)
         if other is not None:  # several checks: the latest created, and passing only if all pass
             seen = (seen[0], max(seen[1], other[1]), seen[2] and other[2])
@@ -135,6 +168,39 @@ def node_entries(answer: Any) -> Iterator[dict[str, Any]]:
         node = answer.get("Node") or {}
         for service in answer.get("Services") or ():
             yield {"Node": node, "Service": service}
+
+
+class _NodeService(msgspec.Struct):
+    """The fields of a node's service that parse_instance reads (Any: it judges their types itself); the rest
+    (TaggedAddresses, Weights, Proxy, Connect, ...) is skipped while decoding: a node may hold thousands."""
+
+    ID: Any = None
+    Service: Any = None
+    Tags: Any = None
+    Address: Any = None
+    Port: Any = None
+    Meta: Any = None
+
+
+class _NodeServices(msgspec.Struct):
+    Node: dict[str, Any] | None = None
+    Services: list[_NodeService] | None = None
+
+
+_NODE_SERVICES = msgspec.json.Decoder(_NodeServices | None)
+
+
+def node_entries_in(raw: bytes) -> Iterator[dict[str, Any]]:
+    """node_entries of a raw `/v1/catalog/node-services/NODE` answer, one entry built at a time."""
+    answer = _NODE_SERVICES.decode(raw)
+    if answer is not None:
+        node = answer.Node or {}
+        for service in answer.Services or ():
+            yield {"Node": node, "Service": msgspec.structs.asdict(service)}
+
+
+def json_list(raw: bytes) -> list[Any]:
+    return orjson.loads(raw) or []
 
 
 class _Outage:
@@ -236,7 +302,7 @@ class Discovery:
         self._consul: AsyncConsul | None = None
         self._tasks: list[asyncio.Task] = []
         self._reads = asyncio.Semaphore(READS_AT_ONCE)
-        self._last_raw = b""
+        self._last_digest = b""  # of the last whole checks answer applied: the answer itself is let go
         self._seen: dict[Key, Seen] = {}
         self._book: Book = {}
         self._keys_of: dict[str, set[Key]] = {}  # service -> its instances in _seen
@@ -300,6 +366,7 @@ class Discovery:
                 backoff = min(backoff * 2, 5)
                 continue
             index, backoff, lost = _next_index(index, answer.index), 0.2, False
+            del answer  # not kept while the next query waits: the whole checks answer is megabytes
             self.outage.ok(name)
             read.set()
             if self._checks_read.is_set() and self._services_read.is_set():
@@ -311,21 +378,22 @@ class Discovery:
         return self.wait if remaining is None else f"{max(1, math.ceil(remaining))}s"
 
     async def _apply(self, answer: Answer, reconnected: bool) -> None:
-        if answer.raw == self._last_raw and self.grace.since is None:
+        digest = hashlib.blake2b(answer.raw, digest_size=16).digest()
+        if digest == self._last_digest and self.grace.since is None:
             return  # the wait ran out, or only checks outside the filter changed
         # a registration moves both watches: route the new service by its own small read first, rather than
         # after decoding this whole answer (tens of ms at 10,000 instances, the loop blocked meanwhile)
         await self._services_idle.wait()
         with _no_cyclic_gc():
-            checks = answer.json() or ()
-            seen = instances_in(checks)
+            checks = checks_in(answer.raw)
+            seen = seen_in(checks)
             diff = self._diff(seen, not checks, answer.filtered_by_acls, reconnected)
             if diff is not None and not diff[1]:  # nothing to read: the table first, the cleaning after
-                self._commit(seen, diff[0], answer.raw, answer.index)
+                self._commit(seen, diff[0], digest, answer.index)
             del checks  # freed here by reference counts, before the collector runs again
         if diff is not None and diff[1]:
             await self._read_addresses(diff[1], seen)
-            self._commit(seen, diff[0], answer.raw, answer.index)
+            self._commit(seen, diff[0], digest, answer.index)
 
     def _diff(self, seen: dict[Key, Seen], blank: bool, filtered_by_acls: bool, reconnected: bool
               ) -> tuple[set[tuple[Key, Seen]], set[Key]] | None:
@@ -345,14 +413,14 @@ class Discovery:
             needed |= seen.keys() - self._book.keys()
         return changed, needed
 
-    def _commit(self, seen: dict[Key, Seen], changed: set[tuple[Key, Seen]], raw: bytes, index: int) -> None:
+    def _commit(self, seen: dict[Key, Seen], changed: set[tuple[Key, Seen]], digest: bytes, index: int) -> None:
         for key, (service, _, _) in changed:
             keys = self._keys_of.setdefault(service, set())
             if key in seen and seen[key][0] == service:
                 keys.add(key)
             else:
                 keys.discard(key)
-        self._seen, self._last_raw, self._seen_index = seen, raw, index
+        self._seen, self._last_digest, self._seen_index = seen, digest, index
         services = {service for _, (service, _, _) in changed}
         if self._failing_index > index:  # a newer failing-checks answer came first: its word on states stands
             services |= self._flip({key for key, s in seen.items() if not s[2]} | self._on_failing(seen))
@@ -420,7 +488,8 @@ class Discovery:
     async def _route_unchecked(self, answer: Answer) -> None:
         tagged = {name for name, tags in (answer.json() or {}).items() if MARKER_TAG in (tags or ())}
         unchecked = tagged - self._keys_of.keys()
-        reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', list, passing="1")
+        reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', json_list,
+                            passing="1")
                  for service in sorted(unchecked)]
         changed: dict[str, list[Instance]] = {}
         for service, entries in zip(sorted(unchecked), await asyncio.gather(*reads), strict=True):
@@ -441,13 +510,13 @@ class Discovery:
 
     async def _read_addresses(self, needed: set[Key], seen: dict[Key, Seen]) -> None:
         nodes, services = plan_reads(needed, seen)
-        reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries)
+        reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries_in)
                  for node in nodes]
         ids: dict[str, set[str]] = {}
         for node, service_id in needed:
             if node not in nodes:
                 ids.setdefault(seen[(node, service_id)][0], set()).add(service_id)
-        reads += [self._read(f"/v1/health/service/{service}", service_filter(ids[service]), list)
+        reads += [self._read(f"/v1/health/service/{service}", service_filter(ids[service]), json_list)
                   for service in services]
         for entries in await asyncio.gather(*reads):
             for entry in entries:
@@ -460,9 +529,10 @@ class Discovery:
         return [(inst, passing) for key, (_, _, passing) in self._seen.items()
                 if (inst := self._book.get(key, (None, None))[1]) is not None]
 
-    async def _read(self, path: str, filter: str, entries: Callable[[Any], Iterable[dict[str, Any]]],
+    async def _read(self, path: str, filter: str, entries: Callable[[bytes], Iterable[dict[str, Any]]],
                     **params: str) -> Iterable[dict[str, Any]]:
+        """`entries` decodes the raw answer: a node's answer may be megabytes, decoded only in part."""
         assert self._consul is not None
         async with self._reads:
             answer = await self._consul.read(path, params={"filter": filter, **params})
-        return entries(answer.json() or ())
+        return entries(answer.raw)

@@ -19,7 +19,6 @@ from contextlib import aclosing
 from typing import TypeVar
 
 import orjson
-from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from common import wire
@@ -49,7 +48,9 @@ T = TypeVar("T")
 
 ESTIMATE_BYTES_PER_TOKEN = 4  # a request's tokens are estimated from its size until its usage is known
 USAGE_FLUSH = 1.0  # seconds between two writes of a process's usage figures to the store
-_STORE_FAILURES = (RedisError, RespError, OSError, TimeoutError)
+# a store's outage; redis-py's RedisError joins when a Redis URL loads it (Limiter.start): a wrapper
+# without Redis does not import redis-py, which imports OpenTelemetry's SDK (~20 MiB of RSS)
+_STORE_FAILURES: tuple[type[BaseException], ...] = (RespError, OSError, TimeoutError)
 
 
 def key_name(key: ApiKey) -> str:
@@ -107,6 +108,7 @@ class Limiter:
         self._tasks: set[asyncio.Task] = set()
         self._usage: UsageFigures = {}  # added up here, written once a second: no store call per request for it
         self.metrics: KeyMetrics | None = None  # /metrics' per-key counters (set by the wrapper when metrics are on)
+        self._failures = _STORE_FAILURES  # what counts as the store being down
 
     @property
     def backend(self) -> str:
@@ -114,8 +116,11 @@ class Limiter:
 
     async def start(self) -> None:
         if self.url:
+            from redis.exceptions import RedisError
+
             from .redis_store import RedisStore  # only a wrapper configured with Redis needs redis-py loaded
             self.store = RedisStore(self.url, self.settings.timeout, self.settings.prefix)
+            self._failures = (RedisError, *_STORE_FAILURES)
         self._flusher = asyncio.get_running_loop().create_task(self._flush_every_second())
 
     async def close(self) -> None:
@@ -160,7 +165,7 @@ class Limiter:
         try:
             async with asyncio.timeout(self.settings.timeout * 4):  # a backstop: the socket timeouts come first
                 return await call()
-        except _STORE_FAILURES as exc:
+        except self._failures as exc:
             self._went_down(exc)
             return None
 
@@ -182,7 +187,7 @@ class Limiter:
             try:
                 async with asyncio.timeout(self.settings.timeout * 4):
                     await self.store.ping()
-            except _STORE_FAILURES:
+            except self._failures:
                 continue
             self.down = False
             log.warning("Redis is back: rate limits and usage apply again")
