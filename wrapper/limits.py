@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import fnmatch
 import logging
+import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -48,9 +49,14 @@ T = TypeVar("T")
 
 ESTIMATE_BYTES_PER_TOKEN = 4  # a request's tokens are estimated from its size until its usage is known
 USAGE_FLUSH = 1.0  # seconds between two writes of a process's usage figures to the store
-# a store's outage; redis-py's RedisError joins when a Redis URL loads it (Limiter.start): a wrapper
-# without Redis does not import redis-py, which imports OpenTelemetry's SDK (~20 MiB of RSS)
-_STORE_FAILURES: tuple[type[BaseException], ...] = (RespError, OSError, TimeoutError)
+
+
+def _store_failures() -> tuple[type[BaseException], ...]:
+    """A store's outage. redis-py is imported only with a Redis URL (it imports OpenTelemetry's SDK: ~8 MiB of
+    RSS for every wrapper without Redis), so its RedisError is caught once something loaded it; whatever
+    raises one did. An except clause evaluates this only when an exception is on its way."""
+    redis_errors = sys.modules.get("redis.exceptions")
+    return (RespError, OSError, TimeoutError) + ((redis_errors.RedisError,) if redis_errors is not None else ())
 
 
 def key_name(key: ApiKey) -> str:
@@ -108,7 +114,6 @@ class Limiter:
         self._tasks: set[asyncio.Task] = set()
         self._usage: UsageFigures = {}  # added up here, written once a second: no store call per request for it
         self.metrics: KeyMetrics | None = None  # /metrics' per-key counters (set by the wrapper when metrics are on)
-        self._failures = _STORE_FAILURES  # what counts as the store being down
 
     @property
     def backend(self) -> str:
@@ -116,11 +121,8 @@ class Limiter:
 
     async def start(self) -> None:
         if self.url:
-            from redis.exceptions import RedisError
-
             from .redis_store import RedisStore  # only a wrapper configured with Redis needs redis-py loaded
             self.store = RedisStore(self.url, self.settings.timeout, self.settings.prefix)
-            self._failures = (RedisError, *_STORE_FAILURES)
         self._flusher = asyncio.get_running_loop().create_task(self._flush_every_second())
 
     async def close(self) -> None:
@@ -165,7 +167,7 @@ class Limiter:
         try:
             async with asyncio.timeout(self.settings.timeout * 4):  # a backstop: the socket timeouts come first
                 return await call()
-        except self._failures as exc:
+        except _store_failures() as exc:
             self._went_down(exc)
             return None
 
@@ -187,7 +189,7 @@ class Limiter:
             try:
                 async with asyncio.timeout(self.settings.timeout * 4):
                     await self.store.ping()
-            except self._failures:
+            except _store_failures():
                 continue
             self.down = False
             log.warning("Redis is back: rate limits and usage apply again")
