@@ -370,7 +370,9 @@ class Discovery:
                 answer = await self._consul.read(path, index or None, self._wait(), params)
                 last = self.heard_at = time.monotonic()
                 size = len(answer.raw)
-                pause = pause_after(size, self.min_interval)
+                # an index that did not move: Consul answered without blocking (a reset index, an ACL'd
+                # answer, the wait ran out); pacing it keeps an anomaly from becoming a busy loop
+                pause = pause_after(size, self.min_interval) if answer.index > index else self.min_interval
                 try:
                     await apply(answer, lost or answer.index < index)
                     failing = False

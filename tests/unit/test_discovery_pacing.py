@@ -17,20 +17,21 @@ class StormyConsul:
     """Every read answers at once with a new index and a body of `size` bytes: Consul's index moving on
     every read, as in a storm of registrations."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, moving: bool = True) -> None:
         self.size = size
+        self.moving = moving  # False: the same index every time (Consul answered without blocking)
         self.reads = 0
 
     async def read(self, path: str, index: int | None = None, wait: str | None = None,
                    params: dict[str, str] | None = None) -> Answer:
         self.reads += 1
-        return Answer(index=self.reads, raw=b"[" + b" " * (self.size - 2) + b"]", filtered_by_acls=False)
+        return Answer(index=self.reads if self.moving else 7, raw=b"[" + b" " * (self.size - 2) + b"]", filtered_by_acls=False)
 
 
-async def reads_within(size: int, seconds: float, enough: int) -> int:
+async def reads_within(size: int, seconds: float, enough: int, moving: bool = True) -> int:
     """How many reads one watch made (stopping at `enough`) with min_interval far longer than `seconds`."""
     discovery = Discovery(ConsulSettings(), RoutingTable(), WrapperSettings(consul_min_interval=60))
-    consul = discovery._consul = StormyConsul(size)  # type: ignore[assignment]
+    consul = discovery._consul = StormyConsul(size, moving)  # type: ignore[assignment]
 
     async def apply(answer: Answer, reconnected: bool) -> None:
         pass
@@ -56,6 +57,12 @@ def test_a_big_answer_is_read_at_most_once_per_min_interval():
     # the whole checks answer of a large catalog: a storm of changes is decoded once per min_interval (60 s
     # here), so the watch makes its first read and waits
     assert asyncio.run(reads_within(size=PACED_ANSWER_BYTES, seconds=0.5, enough=10)) == 1
+
+
+def test_a_small_answer_whose_index_did_not_move_is_paced_like_a_big_one():
+    # Consul answered without blocking (an index reset, an ACL-filtered answer): asking again at once
+    # would loop as fast as Consul answers
+    assert asyncio.run(reads_within(size=2_000, seconds=0.5, enough=10, moving=False)) == 2
 
 
 @pytest.mark.parametrize(("size", "pause"), [(0, 0.0), (PACED_ANSWER_BYTES // 4, 0.025), (PACED_ANSWER_BYTES, 0.1),
