@@ -18,6 +18,11 @@ service with its address and health in one answer. So:
    the same index with a small answer: it flips instances between routable and not at once, and the
    whole answer, when it follows, agrees (whichever of the two is newer decides).
 
+A registration that brings a service a tag none of its instances had (a worker with a new model) shows in
+the services watch's small answer before Consul has written the whole checks answer (100+ ms at 10,000
+instances): the instances with the new tags are read at once (`/v1/health/service/NAME`, filtered to
+them) and routed; whole answers older than that read keep them, a newer one decides.
+
 Instances registered without any check never appear among checks, yet Consul counts them as passing. A
 second blocking query, on `/v1/catalog/services` (its index moves on every registration and
 deregistration), finds tagged services that have no checked instance; those are read whole with
@@ -64,6 +69,7 @@ FAILING_FILTER = f'({CHECKS_FILTER}) and Status != "passing"'
 READS_AT_ONCE = 3  # reads in flight at once: with the three watches, at most 6 connections to Consul
 IDS_PER_READ = 16  # instances of one service read by their ids; more: the whole service
 SAFE_ID = re.compile(r"[A-Za-z0-9_.:@/+-]{1,256}")  # ids quoted into a filter expression as they are
+SAFE_TAG = re.compile(r'[^"\\\s]{1,300}')  # tags quoted into a filter expression: no quote, backslash or space
 NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the node, not each service
 # An answer this big (the whole checks answer of some 700 instances) is followed by a whole
 # wrapper.consul_min_interval before the watch asks again; a smaller one by its share of it
@@ -152,6 +158,18 @@ def service_filter(ids: set[str]) -> str:
     if len(ids) > IDS_PER_READ or not all(SAFE_ID.fullmatch(i) for i in ids):
         return f'"{MARKER_TAG}" in Service.Tags'
     return f'"{MARKER_TAG}" in Service.Tags and (' + " or ".join(f'Service.ID == "{i}"' for i in sorted(ids)) + ")"
+
+
+def new_tags(before: dict[str, frozenset[str]], now: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    """Per service in both services answers, the tags it gained (at most IDS_PER_READ, each safe to quote)."""
+    gained = {service: tags - before[service] for service, tags in now.items() if service in before}
+    return {service: new for service, new in gained.items()
+            if new and len(new) <= IDS_PER_READ and all(SAFE_TAG.fullmatch(t) for t in new)}
+
+
+def new_tags_filter(tags: frozenset[str]) -> str:
+    """The filter of a read of a service's instances carrying any of these tags."""
+    return f'"{MARKER_TAG}" in Service.Tags and (' + " or ".join(f'"{t}" in Service.Tags' for t in sorted(tags)) + ")"
 
 
 def plan_reads(needed: Iterable[Key], seen: dict[Key, Seen]) -> tuple[set[str], set[str]]:
@@ -332,6 +350,8 @@ class Discovery:
         self._seen_index = 0  # the index of the whole checks answer _seen was built from
         self._failing: tuple[frozenset[Key], frozenset[str]] = (frozenset(), frozenset())
         self._failing_index = 0
+        self._tags: dict[str, frozenset[str]] = {}  # tagged service -> its tags, as the services watch last saw
+        self._early: dict[Key, int] = {}  # instances read by their new tags -> the index they were read at
         self._checks_read = asyncio.Event()
         self._services_idle = asyncio.Event()  # clear while a services answer is applied (see _apply)
         self._services_idle.set()
@@ -413,6 +433,7 @@ class Discovery:
         with _no_cyclic_gc():
             checks = checks_in(answer.raw)
             seen = seen_in(checks)
+            self._keep_early(seen, answer.index)
             diff = self._diff(seen, not checks, answer.filtered_by_acls, reconnected)
             if diff is not None and not diff[1]:  # nothing to read: the table first, the cleaning after
                 self._commit(seen, diff[0], digest, answer.index)
@@ -420,6 +441,14 @@ class Discovery:
         if diff is not None and diff[1]:
             await self._read_addresses(diff[1], seen)
             self._commit(seen, diff[0], digest, answer.index)
+
+    def _keep_early(self, seen: dict[Key, Seen], index: int) -> None:
+        """Instances read early by their new tags stay against a whole answer older than that read."""
+        for key, read_at in list(self._early.items()):
+            if index >= read_at:
+                del self._early[key]  # this answer is as new as the read: its word stands
+            elif key not in seen and (early := self._seen.get(key)) is not None:
+                seen[key] = early
 
     def _diff(self, seen: dict[Key, Seen], blank: bool, filtered_by_acls: bool, reconnected: bool
               ) -> tuple[set[tuple[Key, Seen]], set[Key]] | None:
@@ -508,8 +537,45 @@ class Discovery:
         self._services_idle.clear()
         try:
             await self._route_unchecked(answer)
+            await self._read_new_tags(answer)
         finally:
             self._services_idle.set()
+
+    async def _read_new_tags(self, answer: Answer) -> None:
+        """Route at once the instances that brought a checked service a new tag (see the module's docstring)."""
+        tags = {name: frozenset(t or ()) for name, t in (answer.json() or {}).items() if MARKER_TAG in (t or ())}
+        before, self._tags = self._tags, tags
+        filters = {service: new_tags_filter(new) for service, new in new_tags(before, tags).items()
+                   if service in self._keys_of}
+        if not filters or self.grace.since is not None:
+            return  # nothing new, or an empty catalog is being held back
+        answers = await asyncio.gather(*(self._read_answer(f"/v1/health/service/{service}", {"filter": f})
+                                         for service, f in filters.items()))
+        services = {service for service, got in zip(filters, answers, strict=True)
+                    if self._take_early(service, json_list(got.raw), got.index)}
+        if services:
+            self._update_table(services)
+
+    def _take_early(self, service: str, entries: list[Any], index: int) -> bool:
+        """Put instances of `service` read from /v1/health/service into _seen and _book as the whole checks
+        answer would; True if any was new."""
+        taken = False
+        for entry in entries:
+            node, instance_id = (entry.get("Node") or {}).get("Node"), (entry.get("Service") or {}).get("ID")
+            if not isinstance(node, str) or not isinstance(instance_id, str):
+                continue
+            key = (node, instance_id)
+            checks = entry.get("Checks") or ()
+            created = max((c.get("CreateIndex", 0) for c in checks if c.get("ServiceID") == instance_id), default=None)
+            if key in self._seen or created is None:
+                continue  # known already, or without a check of its own (the unchecked path routes it)
+            registration = (created, tuple(entry["Service"].get("Tags") or ()))
+            self._seen[key] = (service, registration, all(c.get("Status") == "passing" for c in checks))
+            self._book[key] = (registration, self.read_entry(entry))
+            self._keys_of.setdefault(service, set()).add(key)
+            self._early[key] = index
+            taken = True
+        return taken
 
     async def _route_unchecked(self, answer: Answer) -> None:
         tagged = {name for name, tags in (answer.json() or {}).items() if MARKER_TAG in (tags or ())}
@@ -554,6 +620,11 @@ class Discovery:
         """Every instance with checks that Consul lists (routable or not), and whether its checks pass."""
         return [(inst, passing) for key, (_, _, passing) in self._seen.items()
                 if (inst := self._book.get(key, (None, None))[1]) is not None]
+
+    async def _read_answer(self, path: str, params: dict[str, str]) -> Answer:
+        assert self._consul is not None
+        async with self._reads:
+            return await self._consul.read(path, params=params)
 
     async def _read(self, path: str, filter: str, entries: Callable[[bytes], Iterable[dict[str, Any]]],
                     **params: str) -> Iterable[dict[str, Any]]:
