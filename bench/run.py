@@ -680,6 +680,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-requests", type=int, help="requests of the memory run (default 100000; quick 2000)")
     p.add_argument("--scale", type=lambda s: [int(x) for x in s.split(",")],
                    help="instance counts (default 1,100,10000; quick 1,100)")
+    p.add_argument("--probes", type=int, help="registrations timed per scale row (default 5; quick 2)")
     p.add_argument("--scale-services", type=int,
                    help="also the largest --scale count spread over this many services, a model each (#13; "
                         "default 1000 when the largest count is at least 10,000, else none; 0: none)")
@@ -713,7 +714,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = 0.5 if q else 2.0
     args.streams = 10 if q else 200
     args.paced_streams = 2 if q else 10
-    args.probes = 2 if q else 5
+    args.probes = args.probes or (2 if q else 5)
     args.profile_seconds = 3.0 if q else 10.0
     if q and not args.profile:
         args.no_profile = True
