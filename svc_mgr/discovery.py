@@ -18,6 +18,11 @@ service with its address and health in one answer. So:
    the same index with a small answer: it flips instances between routable and not at once, and the
    whole answer, when it follows, agrees (whichever of the two is newer decides).
 
+A registration that brings a service a tag none of its instances had (a worker with a new model) shows in
+the services watch's small answer before Consul has written the whole checks answer (100+ ms at 10,000
+instances): the instances with the new tags are read at once (`/v1/health/service/NAME`, filtered to
+them) and routed; whole answers older than that read keep them, a newer one decides.
+
 Instances registered without any check never appear among checks, yet Consul counts them as passing. A
 second blocking query, on `/v1/catalog/services` (its index moves on every registration and
 deregistration), finds tagged services that have no checked instance; those are read whole with
@@ -31,7 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import gc
+import hashlib
 import logging
 import math
 import re
@@ -40,6 +48,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import aiohttp
+import msgspec
+import orjson
 
 from common.settings import ConsulSettings, WrapperSettings
 
@@ -59,7 +69,12 @@ FAILING_FILTER = f'({CHECKS_FILTER}) and Status != "passing"'
 READS_AT_ONCE = 3  # reads in flight at once: with the three watches, at most 6 connections to Consul
 IDS_PER_READ = 16  # instances of one service read by their ids; more: the whole service
 SAFE_ID = re.compile(r"[A-Za-z0-9_.:@/+-]{1,256}")  # ids quoted into a filter expression as they are
+SAFE_TAG = re.compile(r'[^"\\\s]{1,300}')  # tags quoted into a filter expression: no quote, backslash or space
 NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the node, not each service
+# An answer this big (the whole checks answer of some 3,000 instances) is followed by a whole
+# wrapper.consul_min_interval before the watch asks again; a smaller one by its share of it (the services
+# list of 1,000 services, 80 kB: 8 ms)
+PACED_ANSWER_BYTES = 1024 * 1024
 
 Key = tuple[str, str]  # (node, service id): an instance
 # when an instance's checks were created, and its tags: changes when it is registered again (perhaps at
@@ -69,22 +84,52 @@ Seen = tuple[str, Registration, bool]  # (service, registration, passing)
 Book = dict[Key, tuple[Registration, Instance | None]]  # the registration an instance was read at, and what
 
 
+class Check(msgspec.Struct):
+    """What discovery reads of a check in a `/v1/health/state/any` answer. Decoding only these fields
+    (msgspec skips Output, Definition and the rest unbuilt) takes a tenth of the memory of decoding whole
+    dicts: at 10,000 instances the answer is 3 MB and whole dicts peaked near 100 MB (docs/performance.md)."""
+
+    Node: str
+    Status: str
+    ServiceID: str = ""
+    ServiceName: str = ""
+    ServiceTags: tuple[str, ...] | None = None
+    CreateIndex: int = 0
+
+
+_CHECKS = msgspec.json.Decoder(list[Check] | None)
+
+
+def checks_in(raw: bytes) -> list[Check]:
+    """A `/v1/health/state/any` answer, decoded into Checks."""
+    return _CHECKS.decode(raw) or []
+
+
 def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
+    """`seen_in` over checks as dicts (as JSON decodes them)."""
+    return seen_in(msgspec.convert(list(checks), list[Check]))
+
+
+def seen_in(checks: Iterable[Check]) -> dict[Key, Seen]:
     """Our instances in a `/v1/health/state/any` answer, each passing only if all its checks and its node's do.
 
-    One pass building plain tuples: it runs over every tagged check on every change (docs/performance.md)."""
+    One pass building plain tuples: it runs over every tagged check on every change (docs/performance.md).
+    Equal node names and tag lists are shared, not kept once per instance."""
     found: dict[Key, Seen] = {}
     failing_nodes: set[str] = set()
+    shared: dict[Any, Any] = {}
     for c in checks:
-        service_id = c["ServiceID"]
+        service_id = c.ServiceID
         if not service_id:
-            if c["Status"] != "passing":
-                failing_nodes.add(c["Node"])
+            if c.Status != "passing":
+                failing_nodes.add(c.Node)
             continue
-        if MARKER_TAG not in (c["ServiceTags"] or ()):
+        tags = c.ServiceTags
+        if not tags or MARKER_TAG not in tags:
             continue
-        key = (c["Node"], service_id)
-        seen = (c["ServiceName"], (c["CreateIndex"], tuple(c["ServiceTags"])), c["Status"] == "passing")
+        tags = shared.setdefault(tags, tags)
+        key = (shared.setdefault(c.Node, c.Node), service_id)
+        seen = (c.ServiceName, (c.CreateIndex, tags), c.Status == "passing")
         other = found.get(key)
         if other is not None:  # several checks: the latest created, and passing only if all pass
             seen = (seen[0], max(seen[1], other[1]), seen[2] and other[2])
@@ -116,6 +161,18 @@ def service_filter(ids: set[str]) -> str:
     return f'"{MARKER_TAG}" in Service.Tags and (' + " or ".join(f'Service.ID == "{i}"' for i in sorted(ids)) + ")"
 
 
+def new_tags(before: dict[str, frozenset[str]], now: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    """Per service in both services answers, the tags it gained (at most IDS_PER_READ, each safe to quote)."""
+    gained = {service: tags - before[service] for service, tags in now.items() if service in before}
+    return {service: new for service, new in gained.items()
+            if new and len(new) <= IDS_PER_READ and all(SAFE_TAG.fullmatch(t) for t in new)}
+
+
+def new_tags_filter(tags: frozenset[str]) -> str:
+    """The filter of a read of a service's instances carrying any of these tags."""
+    return f'"{MARKER_TAG}" in Service.Tags and (' + " or ".join(f'"{t}" in Service.Tags' for t in sorted(tags)) + ")"
+
+
 def plan_reads(needed: Iterable[Key], seen: dict[Key, Seen]) -> tuple[set[str], set[str]]:
     """(nodes, services) to read so that every needed instance's address is known, in few small reads."""
     by_node: dict[str, list[Key]] = {}
@@ -132,6 +189,39 @@ def node_entries(answer: Any) -> Iterator[dict[str, Any]]:
         node = answer.get("Node") or {}
         for service in answer.get("Services") or ():
             yield {"Node": node, "Service": service}
+
+
+class _NodeService(msgspec.Struct):
+    """The fields of a node's service that parse_instance reads (Any: it judges their types itself); the rest
+    (TaggedAddresses, Weights, Proxy, Connect, ...) is skipped while decoding: a node may hold thousands."""
+
+    ID: Any = None
+    Service: Any = None
+    Tags: Any = None
+    Address: Any = None
+    Port: Any = None
+    Meta: Any = None
+
+
+class _NodeServices(msgspec.Struct):
+    Node: dict[str, Any] | None = None
+    Services: list[_NodeService] | None = None
+
+
+_NODE_SERVICES = msgspec.json.Decoder(_NodeServices | None)
+
+
+def node_entries_in(raw: bytes) -> Iterator[dict[str, Any]]:
+    """node_entries of a raw `/v1/catalog/node-services/NODE` answer, one entry built at a time."""
+    answer = _NODE_SERVICES.decode(raw)
+    if answer is not None:
+        node = answer.Node or {}
+        for service in answer.Services or ():
+            yield {"Node": node, "Service": msgspec.structs.asdict(service)}
+
+
+def json_list(raw: bytes) -> list[Any]:
+    return orjson.loads(raw) or []
 
 
 class _Outage:
@@ -205,6 +295,36 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+def pause_after(size: int, min_interval: float) -> float:
+    """Seconds a watch waits, after an answer of `size` bytes, before asking again.
+
+    Blocking queries return only when Consul's index moves, so asking again at once never spins on an idle
+    catalog; the pause only bounds what a storm of changes (thousands of workers starting) costs, and that
+    cost is decoding the answer, proportional to its size. So the whole checks answer of a large catalog is
+    read at most once per min_interval, while small answers (failing checks, the services list, a small
+    catalog) come back at once: a registration is not held up by the change before it."""
+    return min_interval * min(1.0, size / PACED_ANSWER_BYTES)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None elsewhere (musl, macOS)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> None:
+    """Give the heap's free pages back to the system after a big answer was decoded and let go. glibc keeps
+    them otherwise (a multi-MB answer is allocated from the heap once its mmap threshold grew), and the
+    wrapper's RSS at 10,000 instances would stay at its peak. A few ms, at most once per min_interval."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _next_index(old: int, new: int) -> int:
     # Consul's rule for blocking queries: an index that went backwards (agent restarted) resets to 0.
     return new if new >= old else 0
@@ -222,7 +342,7 @@ class Discovery:
         self._consul: AsyncConsul | None = None
         self._tasks: list[asyncio.Task] = []
         self._reads = asyncio.Semaphore(READS_AT_ONCE)
-        self._last_raw = b""
+        self._last_digest = b""  # of the last whole checks answer applied: the answer itself is let go
         self._seen: dict[Key, Seen] = {}
         self._book: Book = {}
         self._keys_of: dict[str, set[Key]] = {}  # service -> its instances in _seen
@@ -231,6 +351,8 @@ class Discovery:
         self._seen_index = 0  # the index of the whole checks answer _seen was built from
         self._failing: tuple[frozenset[Key], frozenset[str]] = (frozenset(), frozenset())
         self._failing_index = 0
+        self._tags: dict[str, frozenset[str]] = {}  # tagged service -> its tags, as the services watch last saw
+        self._early: dict[Key, int] = {}  # instances read by their new tags -> the index they were read at
         self._checks_read = asyncio.Event()
         self._services_idle = asyncio.Event()  # clear while a services answer is applied (see _apply)
         self._services_idle.set()
@@ -260,14 +382,18 @@ class Discovery:
         """A blocking query, forever; failures back off and are reported once."""
         assert self._consul is not None
         name = f"{path}?filter={params['filter']}" if "filter" in params else path  # the outage is per watch
-        index, backoff, last, lost, failing = 0, 0.2, -math.inf, False, False
+        index, backoff, last, lost, failing, pause = 0, 0.2, -math.inf, False, False, 0.0
         while True:
-            # a burst of check updates (thousands of workers) is read as one answer per min_interval
-            await asyncio.sleep(max(0.0, last + self.min_interval - time.monotonic()) if index else 0)
+            # a burst of changes is read as one big answer per min_interval (see pause_after)
+            await asyncio.sleep(max(0.0, last + pause - time.monotonic()) if index else 0)
             try:
                 asked = time.monotonic()
                 answer = await self._consul.read(path, index or None, self._wait(), params)
                 last = self.heard_at = time.monotonic()
+                size = len(answer.raw)
+                # an index that did not move: Consul answered without blocking (a reset index, an ACL'd
+                # answer, the wait ran out); pacing it keeps an anomaly from becoming a busy loop
+                pause = pause_after(size, self.min_interval) if answer.index > index else self.min_interval
                 try:
                     await apply(answer, lost or answer.index < index)
                     failing = False
@@ -285,6 +411,9 @@ class Discovery:
                 backoff = min(backoff * 2, 5)
                 continue
             index, backoff, lost = _next_index(index, answer.index), 0.2, False
+            del answer  # not kept while the next query waits: the whole checks answer is megabytes
+            if size >= PACED_ANSWER_BYTES:
+                release_memory()
             self.outage.ok(name)
             read.set()
             if self._checks_read.is_set() and self._services_read.is_set():
@@ -296,21 +425,31 @@ class Discovery:
         return self.wait if remaining is None else f"{max(1, math.ceil(remaining))}s"
 
     async def _apply(self, answer: Answer, reconnected: bool) -> None:
-        if answer.raw == self._last_raw and self.grace.since is None:
+        digest = hashlib.blake2b(answer.raw, digest_size=16).digest()
+        if digest == self._last_digest and self.grace.since is None:
             return  # the wait ran out, or only checks outside the filter changed
         # a registration moves both watches: route the new service by its own small read first, rather than
         # after decoding this whole answer (tens of ms at 10,000 instances, the loop blocked meanwhile)
         await self._services_idle.wait()
         with _no_cyclic_gc():
-            checks = answer.json() or ()
-            seen = instances_in(checks)
+            checks = checks_in(answer.raw)
+            seen = seen_in(checks)
+            self._keep_early(seen, answer.index)
             diff = self._diff(seen, not checks, answer.filtered_by_acls, reconnected)
             if diff is not None and not diff[1]:  # nothing to read: the table first, the cleaning after
-                self._commit(seen, diff[0], answer.raw, answer.index)
+                self._commit(seen, diff[0], digest, answer.index)
             del checks  # freed here by reference counts, before the collector runs again
         if diff is not None and diff[1]:
             await self._read_addresses(diff[1], seen)
-            self._commit(seen, diff[0], answer.raw, answer.index)
+            self._commit(seen, diff[0], digest, answer.index)
+
+    def _keep_early(self, seen: dict[Key, Seen], index: int) -> None:
+        """Instances read early by their new tags stay against a whole answer older than that read."""
+        for key, read_at in list(self._early.items()):
+            if index >= read_at:
+                del self._early[key]  # this answer is as new as the read: its word stands
+            elif key not in seen and (early := self._seen.get(key)) is not None:
+                seen[key] = early
 
     def _diff(self, seen: dict[Key, Seen], blank: bool, filtered_by_acls: bool, reconnected: bool
               ) -> tuple[set[tuple[Key, Seen]], set[Key]] | None:
@@ -330,14 +469,14 @@ class Discovery:
             needed |= seen.keys() - self._book.keys()
         return changed, needed
 
-    def _commit(self, seen: dict[Key, Seen], changed: set[tuple[Key, Seen]], raw: bytes, index: int) -> None:
+    def _commit(self, seen: dict[Key, Seen], changed: set[tuple[Key, Seen]], digest: bytes, index: int) -> None:
         for key, (service, _, _) in changed:
             keys = self._keys_of.setdefault(service, set())
             if key in seen and seen[key][0] == service:
                 keys.add(key)
             else:
                 keys.discard(key)
-        self._seen, self._last_raw, self._seen_index = seen, raw, index
+        self._seen, self._last_digest, self._seen_index = seen, digest, index
         services = {service for _, (service, _, _) in changed}
         if self._failing_index > index:  # a newer failing-checks answer came first: its word on states stands
             services |= self._flip({key for key, s in seen.items() if not s[2]} | self._on_failing(seen))
@@ -399,13 +538,51 @@ class Discovery:
         self._services_idle.clear()
         try:
             await self._route_unchecked(answer)
+            await self._read_new_tags(answer)
         finally:
             self._services_idle.set()
+
+    async def _read_new_tags(self, answer: Answer) -> None:
+        """Route at once the instances that brought a checked service a new tag (see the module's docstring)."""
+        tags = {name: frozenset(t or ()) for name, t in (answer.json() or {}).items() if MARKER_TAG in (t or ())}
+        before, self._tags = self._tags, tags
+        filters = {service: new_tags_filter(new) for service, new in new_tags(before, tags).items()
+                   if service in self._keys_of}
+        if not filters or self.grace.since is not None:
+            return  # nothing new, or an empty catalog is being held back
+        answers = await asyncio.gather(*(self._read_answer(f"/v1/health/service/{service}", {"filter": f})
+                                         for service, f in filters.items()))
+        services = {service for service, got in zip(filters, answers, strict=True)
+                    if self._take_early(service, json_list(got.raw), got.index)}
+        if services:
+            self._update_table(services)
+
+    def _take_early(self, service: str, entries: list[Any], index: int) -> bool:
+        """Put instances of `service` read from /v1/health/service into _seen and _book as the whole checks
+        answer would; True if any was new."""
+        taken = False
+        for entry in entries:
+            node, instance_id = (entry.get("Node") or {}).get("Node"), (entry.get("Service") or {}).get("ID")
+            if not isinstance(node, str) or not isinstance(instance_id, str):
+                continue
+            key = (node, instance_id)
+            checks = entry.get("Checks") or ()
+            created = max((c.get("CreateIndex", 0) for c in checks if c.get("ServiceID") == instance_id), default=None)
+            if key in self._seen or created is None:
+                continue  # known already, or without a check of its own (the unchecked path routes it)
+            registration = (created, tuple(entry["Service"].get("Tags") or ()))
+            self._seen[key] = (service, registration, all(c.get("Status") == "passing" for c in checks))
+            self._book[key] = (registration, self.read_entry(entry))
+            self._keys_of.setdefault(service, set()).add(key)
+            self._early[key] = index
+            taken = True
+        return taken
 
     async def _route_unchecked(self, answer: Answer) -> None:
         tagged = {name for name, tags in (answer.json() or {}).items() if MARKER_TAG in (tags or ())}
         unchecked = tagged - self._keys_of.keys()
-        reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', list, passing="1")
+        reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', json_list,
+                            passing="1")
                  for service in sorted(unchecked)]
         changed: dict[str, list[Instance]] = {}
         for service, entries in zip(sorted(unchecked), await asyncio.gather(*reads), strict=True):
@@ -426,13 +603,13 @@ class Discovery:
 
     async def _read_addresses(self, needed: set[Key], seen: dict[Key, Seen]) -> None:
         nodes, services = plan_reads(needed, seen)
-        reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries)
+        reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries_in)
                  for node in nodes]
         ids: dict[str, set[str]] = {}
         for node, service_id in needed:
             if node not in nodes:
                 ids.setdefault(seen[(node, service_id)][0], set()).add(service_id)
-        reads += [self._read(f"/v1/health/service/{service}", service_filter(ids[service]), list)
+        reads += [self._read(f"/v1/health/service/{service}", service_filter(ids[service]), json_list)
                   for service in services]
         for entries in await asyncio.gather(*reads):
             for entry in entries:
@@ -445,9 +622,15 @@ class Discovery:
         return [(inst, passing) for key, (_, _, passing) in self._seen.items()
                 if (inst := self._book.get(key, (None, None))[1]) is not None]
 
-    async def _read(self, path: str, filter: str, entries: Callable[[Any], Iterable[dict[str, Any]]],
+    async def _read_answer(self, path: str, params: dict[str, str]) -> Answer:
+        assert self._consul is not None
+        async with self._reads:
+            return await self._consul.read(path, params=params)
+
+    async def _read(self, path: str, filter: str, entries: Callable[[bytes], Iterable[dict[str, Any]]],
                     **params: str) -> Iterable[dict[str, Any]]:
+        """`entries` decodes the raw answer: a node's answer may be megabytes, decoded only in part."""
         assert self._consul is not None
         async with self._reads:
             answer = await self._consul.read(path, params={"filter": filter, **params})
-        return entries(answer.json() or ())
+        return entries(answer.raw)

@@ -13,13 +13,13 @@ import contextlib
 import datetime as dt
 import fnmatch
 import logging
+import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import TypeVar
 
 import orjson
-from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from common import wire
@@ -49,7 +49,14 @@ T = TypeVar("T")
 
 ESTIMATE_BYTES_PER_TOKEN = 4  # a request's tokens are estimated from its size until its usage is known
 USAGE_FLUSH = 1.0  # seconds between two writes of a process's usage figures to the store
-_STORE_FAILURES = (RedisError, RespError, OSError, TimeoutError)
+
+
+def _store_failures() -> tuple[type[BaseException], ...]:
+    """A store's outage. redis-py is imported only with a Redis URL (it imports OpenTelemetry's SDK: ~8 MiB of
+    RSS for every wrapper without Redis), so its RedisError is caught once something loaded it; whatever
+    raises one did. An except clause evaluates this only when an exception is on its way."""
+    redis_errors = sys.modules.get("redis.exceptions")
+    return (RespError, OSError, TimeoutError) + ((redis_errors.RedisError,) if redis_errors is not None else ())
 
 
 def key_name(key: ApiKey) -> str:
@@ -160,7 +167,7 @@ class Limiter:
         try:
             async with asyncio.timeout(self.settings.timeout * 4):  # a backstop: the socket timeouts come first
                 return await call()
-        except _STORE_FAILURES as exc:
+        except _store_failures() as exc:
             self._went_down(exc)
             return None
 
@@ -182,7 +189,7 @@ class Limiter:
             try:
                 async with asyncio.timeout(self.settings.timeout * 4):
                     await self.store.ping()
-            except _STORE_FAILURES:
+            except _store_failures():
                 continue
             self.down = False
             log.warning("Redis is back: rate limits and usage apply again")
