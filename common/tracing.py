@@ -15,10 +15,11 @@ import logging
 import os
 import random
 import re
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .http import RawHeaders, raw_header
 from .settings import TracingSettings
 
 log = logging.getLogger(__name__)
@@ -103,18 +104,6 @@ def outgoing_headers() -> dict[str, str]:
     """The trace headers for a call made while serving the current request ({} outside a request)."""
     trace = CURRENT.get()
     return trace.headers() if trace is not None else {}
-
-
-RawHeaders = Iterable[tuple[bytes, bytes]]  # an ASGI scope's headers: lower-case names
-
-
-def raw_header(headers: RawHeaders, name: bytes) -> str | None:
-    """One header from the ASGI scope's list, decoded: a scan of the raw list costs a tenth of Starlette's
-    Headers.get, which decodes every header."""
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def start(headers: RawHeaders, request_id: str = "-") -> Trace:

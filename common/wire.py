@@ -471,9 +471,11 @@ _CHECKS: dict[Capability, dict[str, Check]] = {
 
 def check_fields(body: dict[str, Any], capability: Capability, limits: LimitSettings) -> None:
     """400 with `param` for a well-known field of the wrong type or an absurd value."""
-    for name, (ok, message) in _CHECKS[capability].items():
-        if name in body and not ok(body[name]):
-            raise InvalidRequest(message, param=name, code="invalid_value")
+    checks = _CHECKS[capability]
+    for name, value in body.items():  # a body names a few fields; a capability checks a dozen
+        check = checks.get(name)
+        if check is not None and not check[0](value):
+            raise InvalidRequest(check[1], param=name, code="invalid_value")
     n = body.get("n")
     if n is not None and _is_int(n) and n > limits.max_n:
         raise InvalidRequest(f"'n' may be at most {limits.max_n}.", param="n", code="invalid_value")

@@ -23,6 +23,7 @@ from common.http import (
     json_response,
     openai_app,
     presents_secret,
+    raw_header,
     read_body,
     request_id,
     unless_disconnected,
@@ -108,7 +109,7 @@ class Wrapper:
         """One model request (wrapper/observe.py around it; `obs`: its metrics record, None if they are off)."""
         rid = request_id(request)
         limits = self.settings.limits
-        key = self.keys.authenticate(request.headers.get("authorization"))
+        key = self.keys.authenticate(raw_header(request.scope["headers"], b"authorization"))
         form = capability in wire.MULTIPART
         raw = await read_body(request, limits.max_upload_bytes if form else limits.max_body_bytes)
         content_type = request.headers.get("content-type") if form else None  # sent on with its boundary
