@@ -256,7 +256,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     ClientGone if the client hangs up. A client that pauses too long between two reads of its body is
     answered 408 by the server's protocol (common/protocol.py), which then hangs up: here that is ClientGone
     too. No timer here: the usual body arrives with its headers and costs none (docs/performance.md)."""
-    declared = request.headers.get("content-length")
+    declared = raw_header(request.scope["headers"], b"content-length")
     if declared is not None and not declared.isdigit():
         raise InvalidRequest("Content-Length is not a number.")
     chunks: list[bytes] = []
