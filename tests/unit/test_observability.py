@@ -198,3 +198,10 @@ def test_a_stream_ending_with_an_error_event_is_told_from_one_that_talks_about_e
     assert ends_with_error_event(b"\n\n" + sse_error_event(BadGateway("failed", code="worker_failed")))
     assert not ends_with_error_event(sse_event({"choices": [{"delta": {"content": 'data: {"error": 1}'}}]}))
     assert not ends_with_error_event(b"data: [DONE]\n\n")
+
+
+def test_a_new_trace_gets_w3c_ids_drawn_together_and_never_the_same_twice():
+    ids = {tracing.new_ids() for _ in range(1000)}
+    assert len(ids) == 1000
+    for trace_id, span_id in ids:
+        assert tracing.parse_traceparent(f"00-{trace_id}-{span_id}-01") == (trace_id, span_id, "01")
