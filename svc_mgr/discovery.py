@@ -114,7 +114,7 @@ def seen_in(checks: Iterable[Check]) -> dict[Key, Seen]:
     """Our instances in a `/v1/health/state/any` answer, each passing only if all its checks and its node's do.
 
     One pass building plain tuples: it runs over every tagged check on every change (docs/performance.md).
-    Equal node names and tag lists are shared, not kept once per instance."""
+    Equal node names, service names and tag lists are shared, not kept once per instance."""
     found: dict[Key, Seen] = {}
     failing_nodes: set[str] = set()
     shared: dict[Any, Any] = {}
@@ -129,7 +129,7 @@ def seen_in(checks: Iterable[Check]) -> dict[Key, Seen]:
             continue
         tags = shared.setdefault(tags, tags)
         key = (shared.setdefault(c.Node, c.Node), service_id)
-        seen = (c.ServiceName, (c.CreateIndex, tags), c.Status == "passing")
+        seen = (shared.setdefault(c.ServiceName, c.ServiceName), (c.CreateIndex, tags), c.Status == "passing")
         other = found.get(key)
         if other is not None:  # several checks: the latest created, and passing only if all pass
             seen = (seen[0], max(seen[1], other[1]), seen[2] and other[2])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -150,7 +151,8 @@ def _models(tags: list[Any]) -> tuple[str, ...]:
         if not valid_model_name(name):
             raise BadEntry(f"model name {name[:40]!r}{'...' if len(name) > 40 else ''} is empty, longer than "
                            f"{MAX_MODEL_NAME_LENGTH} characters or holds whitespace or control characters")
-    return tuple(dict.fromkeys(models))  # a model tagged twice is one model
+    # a model tagged twice is one model; a name is kept once however many instances serve it (sys.intern)
+    return tuple(dict.fromkeys(map(sys.intern, models)))
 
 
 def parse_instance(entry: Any) -> Instance | None:
@@ -165,8 +167,9 @@ def parse_instance(entry: Any) -> Instance | None:
     address = svc.get("Address") or (node.get("Address") if isinstance(node, dict) else None) or "127.0.0.1"
     if not isinstance(address, str) or not valid_host(address):
         raise BadEntry(f"address {address!r} is not an IP address or a DNS name")
-    return Instance(id=_text(svc.get("ID"), "the service id"), service=_text(svc.get("Service"), "the service name"),
-                    address=address, port=_port(svc.get("Port")), models=_models(tags),
+    return Instance(id=_text(svc.get("ID"), "the service id"),
+                    service=sys.intern(_text(svc.get("Service"), "the service name")),
+                    address=sys.intern(address), port=_port(svc.get("Port")), models=_models(tags),
                     capabilities=capabilities_from_tags(t for t in tags if isinstance(t, str)),
 
                     weight=_weight(svc.get("Meta")))
