@@ -531,6 +531,19 @@ class Discovery:
                 changed[service] = self._applied[service] = routable
         if changed or dropped:
             self.table.update(changed, dropped)
+            self._adopt(changed)
+
+    def _adopt(self, changed: Iterable[str]) -> None:
+        """Hold in the book the Instance objects the table routes to. The table keeps its own object when an
+        update brings an equal one, so a service first routed by the services watch (a new service, before the
+        checks answer lists it) was otherwise held twice: 8,000 of 10,000 instances over 1,000 services."""
+        for service in changed:
+            routed = self.table.routed(service)
+            for key in self._keys_of.get(service, ()):
+                booked = self._book.get(key)
+                if booked is not None and booked[1] is not None and (kept := routed.get(booked[1].id)) is not None:
+                    self._book[key] = (booked[0], kept)
+            self._applied[service] = frozenset(routed.values())
 
     async def _apply_services(self, answer: Answer, reconnected: bool) -> None:
         """Route tagged services none of whose instances has a check: read whole, on every services change."""
@@ -611,11 +624,15 @@ class Discovery:
                 ids.setdefault(seen[(node, service_id)][0], set()).add(service_id)
         reads += [self._read(f"/v1/health/service/{service}", service_filter(ids[service]), json_list)
                   for service in services]
+        canonical: dict[Any, Key] = {key: key for key in needed}  # the book shares the checks' key and id strings
         for entries in await asyncio.gather(*reads):
             for entry in entries:
-                key = ((entry.get("Node") or {}).get("Node"), (entry.get("Service") or {}).get("ID"))
-                if key in needed:
-                    self._book[key] = (seen[key][1], self.read_entry(entry))
+                key = canonical.get(((entry.get("Node") or {}).get("Node"), (entry.get("Service") or {}).get("ID")))
+                if key is not None:
+                    inst = self.read_entry(entry)
+                    if inst is not None:
+                        inst.id = key[1]  # equal: the key was read from this entry
+                    self._book[key] = (seen[key][1], inst)
 
     def registered(self) -> list[tuple[Instance, bool]]:
         """Every instance with checks that Consul lists (routable or not), and whether its checks pass."""

@@ -168,6 +168,11 @@ class RoutingTable:
     def instances(self, model: str) -> list[Instance]:
         return self._by_model.get(model, [])
 
+    def routed(self, service: str) -> Mapping[str, Instance]:
+        """`service`'s instances by id, as the table holds them: an update that brings one equal to a routed
+        instance keeps the routed object (its in-flight count, its cool-down)."""
+        return self._by_service.get(service, {})
+
     def serves(self, model: str, capability: Capability) -> bool:
         """False only for a model with instances none of which serves `capability`."""
         served = self._capabilities.get(model)
