@@ -433,7 +433,7 @@ class Discovery:
         await self._services_idle.wait()
         with _no_cyclic_gc():
             checks = checks_in(answer.raw)
-            seen = seen_in(checks)
+            seen = self._reuse(seen_in(checks))
             self._keep_early(seen, answer.index)
             diff = self._diff(seen, not checks, answer.filtered_by_acls, reconnected)
             if diff is not None and not diff[1]:  # nothing to read: the table first, the cleaning after
@@ -442,6 +442,16 @@ class Discovery:
         if diff is not None and diff[1]:
             await self._read_addresses(diff[1], seen)
             self._commit(seen, diff[0], digest, answer.index)
+
+    def _reuse(self, seen: dict[Key, Seen]) -> dict[Key, Seen]:
+        """`seen` holding the last answer's objects for the instances that did not change, so that this answer's
+        are all let go with it: long-lived objects made while decoding each answer would pin its heap pages."""
+        old = self._seen
+        kept = {key: value for key, value in old.items() if seen.get(key) == value}
+        if len(kept) == len(seen):
+            return kept
+        kept.update((key, value) for key, value in seen.items() if key not in kept)
+        return kept
 
     def _keep_early(self, seen: dict[Key, Seen], index: int) -> None:
         """Instances read early by their new tags stay against a whole answer older than that read."""
