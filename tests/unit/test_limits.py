@@ -10,7 +10,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common import wire
 from common.errors import RateLimited, Unavailable
-from common.settings import ApiKey, ConfigError, Settings, load_settings
+from common.settings import ApiKey, Settings, load_settings
+from tests.support.config import config_error
 from wrapper.auth import KeyRing
 from wrapper.counters import MemoryStore, Quota
 from wrapper.key_watch import entry_json, parse_entries
@@ -280,10 +281,8 @@ def test_kv_entries_that_do_not_validate_or_hold_a_key_are_skipped():
 
 def test_redis_url_from_the_environment_and_a_bad_budget_named(tmp_path):
     config = tmp_path / "env.yaml"
-    config.write_text("wrapper:\n  api_keys:\n    - {key: sk-0123456789, budget: {tokens: 5, per: week}}\n")
-    with pytest.raises(ConfigError) as err:
-        load_settings(config)
-    assert "wrapper.api_keys.0.budget.per" in str(err.value) and str(config) in str(err.value)
+    message = config_error(config, "wrapper:\n  api_keys:\n    - {key: sk-0123456789, budget: {tokens: 5, per: week}}\n")
+    assert "wrapper.api_keys.0.budget.per" in message and str(config) in message
     config.write_text("redis:\n  url: redis://elsewhere:6379/0\n")
     settings = load_settings(config, {"REDIS_URL": "redis://127.0.0.1:7000/1"})
     assert settings.redis.url is not None and settings.redis.url.get_secret_value() == "redis://127.0.0.1:7000/1"

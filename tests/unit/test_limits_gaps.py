@@ -7,12 +7,12 @@ import json
 import logging
 import time
 
-import pytest
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common.errors import Unavailable
-from common.settings import ApiKey, ConfigError, Settings, load_settings
+from common.settings import ApiKey, Settings, load_settings
+from tests.support.config import config_error
 from tests.support.procs import free_port
 from wrapper.app import Wrapper
 from wrapper.counters import MemoryStore, Settlement
@@ -149,10 +149,8 @@ def test_an_unreachable_consul_only_logs_once_and_stops_cleanly(caplog):
 
 def test_a_bad_gateway_service_is_named_with_its_file_and_null_registers_nothing(tmp_path):
     config = tmp_path / "env.yaml"
-    config.write_text("wrapper:\n  gateway_service: 'not a name'\n")
-    with pytest.raises(ConfigError) as err:
-        load_settings(config)
-    assert "wrapper.gateway_service" in str(err.value) and str(config) in str(err.value)
+    message = config_error(config, "wrapper:\n  gateway_service: 'not a name'\n")
+    assert "wrapper.gateway_service" in message and str(config) in message
     assert Wrapper(Settings(), ("127.0.0.1", 8000)).gateway is not None
     assert Wrapper(Settings(), None).gateway is None  # a --processes N wrapper's spawned processes
     config.write_text("wrapper:\n  gateway_service: null\n")

@@ -9,7 +9,7 @@ import logging
 import pytest
 from starlette.testclient import TestClient
 
-from common.settings import ConfigError, ConsulSettings, Settings, WorkerSettings, WrapperSettings, load_settings
+from common.settings import ConsulSettings, Settings, WorkerSettings, WrapperSettings, load_settings
 from generators.echo import EchoGen
 from svc_mgr import Discovery, Instance, Registration, RouteRules, RoutingTable
 from svc_mgr.consul_client import Answer
@@ -21,6 +21,7 @@ from svc_mgr.entry import (
     instance_from_health,
     model_tags,
 )
+from tests.support.config import config_error
 from worker.app import Worker
 
 
@@ -137,10 +138,8 @@ def test_routes_must_be_strings_and_a_mistake_names_the_key(tmp_path):
     for text, key in [("echo: legit", "wrapper.routes.echo"), ("echo: [1]", "wrapper.routes.echo.0"),
                       ("1: [legit]", "wrapper.routes.1"), ("echo: ['']", "wrapper.routes.echo.0"),
                       ("echo:", "wrapper.routes.echo")]:
-        path.write_text(f"wrapper:\n  routes:\n    {text}\n")
-        with pytest.raises(ConfigError) as err:
-            load_settings(path, environ={})
-        assert str(path) in str(err.value) and key in str(err.value), err.value
+        message = config_error(path, f"wrapper:\n  routes:\n    {text}\n")
+        assert str(path) in message and key in message, message
 
 
 # ---- the watch survives ----------------------------------------------------------------------------
