@@ -2,8 +2,9 @@
 runs deploy/consul/*.hcl), under a background load of c=16: losing the leader, losing a node's agent,
 losing one of three wrapper replicas behind nginx (deploy/nginx.conf).
 
-Layout: node 1 runs the wrapper(s) and a worker of SHARED; node 2 a worker of SHARED and ONLY_ON_2. Every
-test but the last leaves the cluster as it found it (agents restarted), so the module shares one cluster."""
+Layout: node 1 runs the wrapper(s) and a worker of SHARED; node 2 a worker of SHARED and ONLY_ON_2. The module
+shares one cluster: the killed leader stays down (two servers keep the quorum), client agents are restarted,
+and the last test takes the quorum away."""
 from __future__ import annotations
 
 import signal
@@ -58,6 +59,10 @@ def restart(cluster: ConsulCluster, agent: Agent) -> None:
     cluster.wait_healthy()
 
 
+def alive_servers(cluster: ConsulCluster) -> list[Agent]:
+    return [server for server in cluster.servers if server.alive()]
+
+
 def test_killing_the_leader_under_load_fails_no_request_and_a_new_worker_is_routable_within_2s(
         procs, cluster, node2, cluster_wrapper):
     old = cluster.wait_healthy()
@@ -77,7 +82,10 @@ def test_killing_the_leader_under_load_fails_no_request_and_a_new_worker_is_rout
         wait_until(lambda: load.answered() > answered + 50, 30, "the load to go on after the election")
     assert load.result.failed == [], str(load.result)
     assert took <= ROUTABLE_WITHIN, f"registered after the election, routable only after {took:.2f} s"
-    restart(cluster, old)
+    # the old leader is not restarted: once autopilot has dropped it from the raft configuration it may
+    # run elections for tens of seconds until the leader adds it back (seen on a loaded machine, Consul
+    # 1.8), and the rest of the module needs only a quorum, which the two others are
+    assert len(alive_servers(cluster)) == 2 and cluster.wait_healthy() in alive_servers(cluster)
 
 
 def test_a_dead_client_agent_takes_its_nodes_workers_out_of_the_table_and_back(cluster, node2, cluster_wrapper):
@@ -125,10 +133,11 @@ def test_a_wrapper_started_while_the_servers_have_no_quorum_routes_from_their_st
     """Two of three servers dead: no leader, so no consistent read; the wrapper routes from a server's stale
     answer (nothing can be registered without a leader anyway) instead of routing nothing."""
     cluster.wait_replicated()  # the survivor has the registrations (raft commits on 2 of 3: it may lag)
-    lost = cluster.servers[:2]
+    *lost, survivor = alive_servers(cluster)  # the first test already killed one server
     for server in lost:
         server.kill()
-    wait_until(lambda: cluster.servers[2].leader() == "", 30, "the last server to have no leader", interval=0.1)
+    assert len(alive_servers(cluster)) == 1
+    wait_until(lambda: survivor.leader() == "", 30, "the last server to have no leader", interval=0.1)
     late = start_wrapper(procs, node1)
     wait_until(lambda: routable(late, SHARED) and routable(late, ONLY_ON_2), 30,
                f"the models routable without a leader\n{late.proc.output()}")
@@ -137,4 +146,4 @@ def test_a_wrapper_started_while_the_servers_have_no_quorum_routes_from_their_st
     assert load.result.failed == [] and load.answered() == 200, str(load.result)
     assert late.proc.output().count("no Consul leader answered") == 1
     # the last test of the module: the cluster stays without quorum until the module's teardown (restarting
-    # the two servers would cost some 20 s of elections)
+    # the servers would cost some 20 s of elections)
