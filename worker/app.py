@@ -33,7 +33,7 @@ from generators import Embeddings, Forwarded, Generator, Output, ProxyGenerator
 from .answers import Answers
 from .concurrency import ConcurrencyLimit
 from .metrics import WorkerMetrics
-from .observe import traced
+from .observe import observed
 from .relay import relay_endpoints
 from .responses import Responses
 
@@ -99,27 +99,6 @@ class Worker:
 
     # ---- endpoints ---------------------------------------------------------------------------
 
-    async def chat(self, request: Request) -> Response:
-        return await self._observed(request, Capability.CHAT)
-
-    async def completion(self, request: Request) -> Response:
-        return await self._observed(request, Capability.COMPLETION)
-
-    async def _observed(self, request: Request, capability: Capability) -> Response:
-        """An endpoint's answer, counted in the metrics (when they are on)."""
-        metrics = self.metrics
-        serve = self._embeddings if capability is Capability.EMBEDDING else self._generate
-        if metrics is None:
-            return await serve(request, capability)
-        obs = metrics.begin(request, capability)
-        try:
-            response = await serve(request, capability)
-        except BaseException as exc:
-            metrics.failed(obs, exc)
-            raise
-        metrics.responded(obs, response)
-        return response
-
     async def _generate(self, request: Request, capability: Capability) -> Response:
         body, model, raw = await self._parse(request, capability)
         if isinstance(self.generator, ProxyGenerator):
@@ -173,9 +152,6 @@ class Worker:
             release()
             raise
         return forwarded, release
-
-    async def embeddings(self, request: Request) -> Response:
-        return await self._observed(request, Capability.EMBEDDING)
 
     async def _embeddings(self, request: Request, capability: Capability) -> Response:
         body, model, raw = await self._parse(request, Capability.EMBEDDING)
@@ -237,9 +213,11 @@ class Worker:
         from .media import MediaEndpoints  # it builds on this module
 
         api, asgi = openai_app("openai-api-wrapper worker", lifespan=self._lifespan, posts={
-            wire.PATHS[Capability.CHAT]: traced(self.chat, Capability.CHAT, self.exporter),
-            wire.PATHS[Capability.COMPLETION]: traced(self.completion, Capability.COMPLETION, self.exporter),
-            wire.PATHS[Capability.EMBEDDING]: traced(self.embeddings, Capability.EMBEDDING, self.exporter),
+            wire.PATHS[Capability.CHAT]: observed(self._generate, Capability.CHAT, self.metrics, self.exporter),
+            wire.PATHS[Capability.COMPLETION]: observed(self._generate, Capability.COMPLETION, self.metrics,
+                                                        self.exporter),
+            wire.PATHS[Capability.EMBEDDING]: observed(self._embeddings, Capability.EMBEDDING, self.metrics,
+                                                       self.exporter),
             wire.PATHS[Capability.RESPONSES]: self.responses,
             wire.PATHS[Capability.RESPONSES_INPUT_TOKENS]: self.responses_input_tokens,
             **MediaEndpoints(self).routes(),

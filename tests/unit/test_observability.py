@@ -152,6 +152,46 @@ def test_a_refused_request_ends_its_span_with_the_status(traced_worker):
     assert span.attributes["http.response.status_code"] == 404 and span.name == "chat"
 
 
+def test_one_observer_gives_a_failure_to_the_metrics_and_the_span_alike():
+    """worker/observe.observed: the worker's metrics and its span both see a refusal's status."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    spans = InMemorySpanExporter()
+    worker = Worker(EchoGen(models=["m"]), Settings())
+    worker.exporter = tracing.Exporter("test-worker", exporter=spans)
+    assert worker.metrics is not None
+    with TestClient(worker.app(), raise_server_exceptions=False) as client:
+        r = client.post("/v1/chat/completions", json={"model": "m", "messages": "not a list"})
+    assert r.status_code == 400
+    (span,) = spans.get_finished_spans()
+    assert span.attributes["http.response.status_code"] == 400
+    counted = [s for f in text_string_to_metric_families(worker.metrics.exposition.render().decode())
+               for s in f.samples if s.name == "oaw_worker_requests_total" and s.labels["status"] == "400"]
+    assert [s.value for s in counted] == [1.0]
+
+
+def test_a_cancelled_generation_ends_its_span_as_client_closed():
+    import asyncio
+
+    from starlette.requests import Request
+
+    from common.http import CLIENT_CLOSED
+    from common.wire import Capability
+    from worker.observe import observed
+
+    spans = InMemorySpanExporter()
+
+    async def cancelled(request: Request, capability: Capability):
+        raise asyncio.CancelledError
+
+    handle = observed(cancelled, Capability.CHAT, None, tracing.Exporter("test-worker", exporter=spans))
+    request = Request({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []})
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(handle(request))
+    (span,) = spans.get_finished_spans()
+    assert span.attributes["http.response.status_code"] == CLIENT_CLOSED
+
+
 # ---- logs and keys ----------------------------------------------------------------------------------
 
 def test_a_json_log_line_carries_the_requests_fields():
