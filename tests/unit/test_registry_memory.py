@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import tracemalloc
 import weakref
 from collections import deque
@@ -16,7 +18,7 @@ from common.settings import ConsulSettings, WrapperSettings
 from svc_mgr import RoutingTable
 from svc_mgr import discovery as discovery_module
 from svc_mgr.discovery import Check, Discovery, _NodeService, checks_in, json_list, node_entries_in, seen_in
-from svc_mgr.entry import MARKER_TAG, Instance, instance_from_health, parse_instance
+from svc_mgr.entry import MARKER_TAG, Instance, _Shared, instance_from_health, parse_instance
 from tests.unit.test_discovery_new_tags import TAGS, ScriptedConsul, answer, check, health_entry
 
 
@@ -187,3 +189,39 @@ def test_a_service_read_whole_is_made_into_instances_before_the_next_read_is_dec
     monkeypatch.setattr(discovery_module, "json_list", decode)
     asyncio.run(scenario())
     assert len(alive) == 3 and most == 1
+
+
+def test_instances_claiming_the_same_models_and_port_share_one_tuple_and_one_int() -> None:
+    a, b = parse_instance(_entry(9000)), parse_instance(_entry(9000))  # decoded apart: equal, not the same
+    assert a is not None and b is not None
+    assert a.models is b.models and a.port is b.port
+
+
+def test_what_is_shared_is_forgotten_once_it_outgrows_its_limit() -> None:
+    shared: _Shared[tuple[str, ...]] = _Shared(2)
+    kept, first = tuple(["m1"]), tuple(["m1"])  # equal, two objects
+    assert shared(kept) is kept and shared(first) is kept  # the first equal value read is kept
+    shared(tuple(["m2"]))
+    shared(tuple(["m3"]))  # a third: the two before are let go
+    assert shared(first) is first
+
+
+def test_the_table_makes_no_object_per_instance_beyond_its_index() -> None:
+    """The table's index of each model's list held a (model, service, id) tuple per instance and model."""
+    instances = [Instance(id=f"svc-{i}", service="svc", address="10.0.0.1", port=9000, models=("m1",))
+                 for i in range(1000)]
+    table = RoutingTable()
+    gc.collect()  # empties the free lists of tuples, so that every tuple made is counted
+    tracemalloc.start()
+    try:
+        table.update({"svc": instances})
+        routing_file = sys.modules[RoutingTable.__module__].__file__
+        assert routing_file is not None
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, routing_file)])
+    finally:
+        tracemalloc.stop()
+    blocks = sum(stat.count for stat in snapshot.statistics("filename"))
+    assert len(table.instances("m1")) == 1000 and blocks < 1000  # the indexes (ints above 256) and the lists
+    table.update({"svc": instances[1:]})
+    table.update({"svc": instances[:1]})
+    assert table.instances("m1") == instances[:1]
