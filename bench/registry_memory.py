@@ -336,6 +336,57 @@ def real_rows(instances: int, services: int, trace: bool) -> list[dict[str, Any]
         procs.stop_all()
 
 
+def _marked(fakes: list[Fake], marker: str) -> list[Fake]:
+    """`fakes`, the last one also serving `marker` (as bench.run's: routable once the storm is read)."""
+    sid, service, tags, created = fakes[-1]
+    return [*fakes[:-1], (sid, service, [*tags, f"model={marker}"], created)]
+
+
+def wrapper_rows(instances: int, services: int) -> list[dict[str, Any]]:
+    """The whole wrapper (its own process, uvloop, its request path idle), VmRSS read from /proc: each row
+    taken 3 s after the last fake became routable."""
+    from tests.support.procs import Consul, Procs, get_json, wait_until
+    from tests.support.servers import start_wrapper
+
+    from .stack import consul_put, rss_mib
+    procs = Procs()
+    try:
+        consul = Consul(procs)
+        register_node = {"Node": NODE, "Address": "127.0.0.1"}
+        consul_put(consul.addr, "/v1/catalog/register", register_node)
+        wrapper = start_wrapper(procs, consul)
+        rows = []
+
+        def routable(model: str) -> None:
+            wait_until(lambda: get_json(f"{wrapper.url}/v1/models/{model}")[0] == 200, 120, model)
+
+        def row(count: int, marker: str | None, service: str = "bench-fake") -> None:
+            if marker:
+                routable(marker)
+            time.sleep(3)
+            rss = rss_mib(wrapper.proc.pid)
+            if count:  # bench.run's probes: an instance with a new model, routed, then deregistered
+                for k in range(3):
+                    sid = f"probe-{marker}-{k}"
+                    register(consul.addr, [(sid, service, [*TAGS, f"model={sid}"], 0)])
+                    routable(sid)
+                    consul_put(consul.addr, "/v1/catalog/deregister", {"Node": NODE, "ServiceID": sid})
+                time.sleep(3)
+            rows.append({"instances": count, "rss_mib": rss, "after_probes_mib": rss_mib(wrapper.proc.pid)})
+        time.sleep(2)
+        row(0, None)
+        one, spread = storm(instances, services)
+        register(consul.addr, _marked(one, "mark-one"))
+        row(len(one), "mark-one")
+        consul_put(consul.addr, "/v1/catalog/deregister", {"Node": NODE})
+        consul_put(consul.addr, "/v1/catalog/register", register_node)
+        register(consul.addr, _marked(spread, "mark-spread"))
+        row(len(spread), "mark-spread", "bench-fake-s0")
+        return rows
+    finally:
+        procs.stop_all()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--instances", type=int, default=10_000)
@@ -343,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--services", type=int, default=1000, help="services of the second layout")
     p.add_argument("--consul", action="store_true",
                    help="a real Consul dev agent, registered to as bench.run does, instead of scripted answers")
+    p.add_argument("--wrapper", action="store_true",
+                   help="with --consul: the whole wrapper in its own process, only its VmRSS")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--watch", help=argparse.SUPPRESS)
     p.add_argument("--rows", help=argparse.SUPPRESS)
@@ -355,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.trace:
             tracemalloc.start()
         asyncio.run(watch_real(a.watch, a.trace))
+        return 0
+    if a.consul and a.wrapper:
+        for label, row in zip(("empty catalog", "one model", "over services"), wrapper_rows(a.instances, a.services),
+                              strict=True):
+            print(f"| {label} | {row['instances']:,} | {row['rss_mib']:.1f} | {row['after_probes_mib']:.1f} |")
         return 0
     if a.consul:
         runs = {trace: real_rows(a.instances, a.services, trace) for trace in (False, True)}
