@@ -1,15 +1,20 @@
 """#13: what a registration storm leaves in the wrapper's memory, in process (docs/performance.md,
 "#13 memory: allocation order").
 
-    python -m bench.registry_memory [--instances 10000] [--step 250] [--services 1000]
+    python -m bench.registry_memory [--instances 10000] [--step 250] [--services 1000] [--consul [--wrapper]]
 
 A real Discovery and RoutingTable, with their three real watches, are fed Consul's answers for a storm like
 bench.run's scale phase: the catalog grows by STEP instances per answer up to INSTANCES of one model on one
 node (every answer: the services list, the whole checks answer, the node's services read for the new
 instances' addresses); then everything is deregistered and INSTANCES come back spread over SERVICES services
 (each new service is read whole by the services watch first). Answers are Consul 1.8's JSON shapes, as bytes
-written beforehand by a separate process and read from files when asked for, so that making them leaves
-nothing in the measured process's heap.
+written to files beforehand (the measurement runs in a child process) and read when asked for, so that making
+them leaves nothing in the measured heap.
+
+With --consul, a Consul dev agent instead, registered to as bench.run does (a transaction of 32 fakes at a
+time, as fast as Consul takes them), the watches' answers and pacing Consul's own; with --wrapper as well,
+the whole wrapper in its own process (uvloop, its request path idle), only its VmRSS, before and after
+bench.run's three probes. Everything started is stopped at the end.
 
 Prints, per row (as bench.run's rows: the empty catalog, then each layout at its size), VmRSS, pymalloc's
 arenas (1 MiB each; one live block keeps one mapped) and the bytes in their live blocks, and, from a second
@@ -405,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         child(a.child, a.rows.split(","), a.trace)
         return 0
     if a.watch:
+        import svc_mgr.discovery  # noqa: F401  # imported before tracing starts, as in child()
         if a.trace:
             tracemalloc.start()
         asyncio.run(watch_real(a.watch, a.trace))
