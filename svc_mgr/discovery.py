@@ -43,9 +43,10 @@ import hashlib
 import logging
 import math
 import re
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -77,6 +78,7 @@ NODE_READ_ABOVE = 8  # more instances than this to read on one node: read the no
 PACED_ANSWER_BYTES = 1024 * 1024
 
 Key = tuple[str, str]  # (node, service id): an instance
+_Read = TypeVar("_Read")  # what a read's answer is decoded into
 # when an instance's checks were created, and its tags: changes when it is registered again (perhaps at
 # another address, with other models), not when a check changes state
 Registration = tuple[int, tuple[str, ...]]
@@ -97,12 +99,27 @@ class Check(msgspec.Struct):
     CreateIndex: int = 0
 
 
-_CHECKS = msgspec.json.Decoder(list[Check] | None)
+_ITEMS = msgspec.json.Decoder(list[msgspec.Raw] | None)
+_CHECK = msgspec.json.Decoder(Check)
 
 
-def checks_in(raw: bytes) -> list[Check]:
-    """A `/v1/health/state/any` answer, decoded into Checks."""
-    return _CHECKS.decode(raw) or []
+def items_in(raw: bytes) -> list[msgspec.Raw]:
+    """The elements of a JSON array, undecoded: each a view of `raw`, one small object."""
+    return _ITEMS.decode(raw) or []
+
+
+def checks_of(items: Iterable[msgspec.Raw]) -> Iterator[Check]:
+    """Each check decoded only when reached, and let go before the next one is. Decoded whole, the 10,000
+    checks of a big answer are some 100,000 objects alive at once: they fill fresh pymalloc arenas (1 MiB
+    each), and the few objects made meanwhile that outlive the answer (a new instance's, the watch's own)
+    keep those arenas mapped when the rest is freed (docs/performance.md, "#13 memory: allocation order")."""
+    for item in items:
+        yield _CHECK.decode(item)
+
+
+def checks_in(raw: bytes) -> Iterator[Check]:
+    """A `/v1/health/state/any` answer, decoded into Checks one at a time."""
+    return checks_of(items_in(raw))
 
 
 def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
@@ -110,35 +127,45 @@ def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
     return seen_in(msgspec.convert(list(checks), list[Check]))
 
 
-def seen_in(checks: Iterable[Check]) -> dict[Key, Seen]:
+def seen_in(checks: Iterable[Check], last: Mapping[Key, Seen] | None = None) -> dict[Key, Seen]:
     """Our instances in a `/v1/health/state/any` answer, each passing only if all its checks and its node's do.
 
     One pass building plain tuples: it runs over every tagged check on every change (docs/performance.md).
-    Equal node names, service names and tag lists are shared, not kept once per instance."""
+    Node names, service names and tag lists are shared, not kept once per instance. An instance as it was
+    in `last` (the answer before) keeps `last`'s key and value objects, so that all of this answer's are let
+    go as soon as they are read (see checks_of): kept, they would pin the heap pages of the answer."""
+    last = last or {}
+    keys: dict[Key, Key] = {key: key for key in last}
+    shared_tags: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for _, (_, tags), _ in last.values():
+        shared_tags.setdefault(tags, tags)
     found: dict[Key, Seen] = {}
     failing_nodes: set[str] = set()
-    shared: dict[Any, Any] = {}
     for c in checks:
         service_id = c.ServiceID
         if not service_id:
             if c.Status != "passing":
                 failing_nodes.add(c.Node)
             continue
-        tags = c.ServiceTags
-        if not tags or MARKER_TAG not in tags:
+        if not c.ServiceTags or MARKER_TAG not in c.ServiceTags:
             continue
-        tags = shared.setdefault(tags, tags)
-        key = (shared.setdefault(c.Node, c.Node), service_id)
-        seen = (shared.setdefault(c.ServiceName, c.ServiceName), (c.CreateIndex, tags), c.Status == "passing")
+        tags = shared_tags.setdefault(c.ServiceTags, c.ServiceTags)
+        key = keys.get((c.Node, service_id)) or (sys.intern(c.Node), service_id)
+        seen = (c.ServiceName, (c.CreateIndex, tags), c.Status == "passing")
         other = found.get(key)
         if other is not None:  # several checks: the latest created, and passing only if all pass
             seen = (seen[0], max(seen[1], other[1]), seen[2] and other[2])
-        found[key] = seen
+        found[key] = _kept(seen, last.get(key))
     if failing_nodes:
         for key, seen in found.items():
             if key[0] in failing_nodes:
-                found[key] = (seen[0], seen[1], False)
+                found[key] = _kept((seen[0], seen[1], False), last.get(key))
     return found
+
+
+def _kept(seen: Seen, last: Seen | None) -> Seen:
+    """`last` if equal to `seen`; else `seen`, its service name shared with other instances'."""
+    return last if seen == last else (sys.intern(seen[0]), seen[1], seen[2])
 
 
 def failing_in(checks: Iterable[dict[str, Any]]) -> tuple[frozenset[Key], frozenset[str]]:
@@ -205,19 +232,20 @@ class _NodeService(msgspec.Struct):
 
 class _NodeServices(msgspec.Struct):
     Node: dict[str, Any] | None = None
-    Services: list[_NodeService] | None = None
+    Services: list[msgspec.Raw] | None = None  # each decoded when reached (see checks_of)
 
 
 _NODE_SERVICES = msgspec.json.Decoder(_NodeServices | None)
+_NODE_SERVICE = msgspec.json.Decoder(_NodeService)
 
 
 def node_entries_in(raw: bytes) -> Iterator[dict[str, Any]]:
-    """node_entries of a raw `/v1/catalog/node-services/NODE` answer, one entry built at a time."""
+    """node_entries of a raw `/v1/catalog/node-services/NODE` answer, one entry decoded and built at a time."""
     answer = _NODE_SERVICES.decode(raw)
     if answer is not None:
         node = answer.Node or {}
         for service in answer.Services or ():
-            yield {"Node": node, "Service": msgspec.structs.asdict(service)}
+            yield {"Node": node, "Service": msgspec.structs.asdict(_NODE_SERVICE.decode(service))}
 
 
 def json_list(raw: bytes) -> list[Any]:
@@ -432,26 +460,17 @@ class Discovery:
         # after decoding this whole answer (tens of ms at 10,000 instances, the loop blocked meanwhile)
         await self._services_idle.wait()
         with _no_cyclic_gc():
-            checks = checks_in(answer.raw)
-            seen = self._reuse(seen_in(checks))
+            items = items_in(answer.raw)
+            seen = seen_in(checks_of(items), self._seen)
+            blank = not items
+            del items  # the answer's objects are all gone here: the next ones reuse their memory
             self._keep_early(seen, answer.index)
-            diff = self._diff(seen, not checks, answer.filtered_by_acls, reconnected)
+            diff = self._diff(seen, blank, answer.filtered_by_acls, reconnected)
             if diff is not None and not diff[1]:  # nothing to read: the table first, the cleaning after
                 self._commit(seen, diff[0], digest, answer.index)
-            del checks  # freed here by reference counts, before the collector runs again
         if diff is not None and diff[1]:
             await self._read_addresses(diff[1], seen)
             self._commit(seen, diff[0], digest, answer.index)
-
-    def _reuse(self, seen: dict[Key, Seen]) -> dict[Key, Seen]:
-        """`seen` holding the last answer's objects for the instances that did not change, so that this answer's
-        are all let go with it: long-lived objects made while decoding each answer would pin its heap pages."""
-        old = self._seen
-        kept = {key: value for key, value in old.items() if seen.get(key) == value}
-        if len(kept) == len(seen):
-            return kept
-        kept.update((key, value) for key, value in seen.items() if key not in kept)
-        return kept
 
     def _keep_early(self, seen: dict[Key, Seen], index: int) -> None:
         """Instances read early by their new tags stay against a whole answer older than that read."""
@@ -601,17 +620,22 @@ class Discovery:
             taken = True
         return taken
 
+    def _instances_in(self, raw: bytes) -> list[Instance]:
+        """A service's instances, made as soon as its read is decoded: made after all reads, they were made
+        among all reads' entries, and pinned their pages once those were freed (1,000 new services:
+        docs/performance.md, "#13 memory: allocation order")."""
+        return [inst for inst in map(self.read_entry, json_list(raw)) if inst is not None]
+
     async def _route_unchecked(self, answer: Answer) -> None:
         tagged = {name for name, tags in (answer.json() or {}).items() if MARKER_TAG in (tags or ())}
         unchecked = tagged - self._keys_of.keys()
-        reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', json_list,
+        reads = [self._read(f"/v1/health/service/{service}", f'"{MARKER_TAG}" in Service.Tags', self._instances_in,
                             passing="1")
                  for service in sorted(unchecked)]
         changed: dict[str, list[Instance]] = {}
-        for service, entries in zip(sorted(unchecked), await asyncio.gather(*reads), strict=True):
+        for service, instances in zip(sorted(unchecked), await asyncio.gather(*reads), strict=True):
             if service in self._keys_of:
                 continue  # its checks arrived during the read: the checks watch routes it from now on
-            instances = [inst for inst in map(self.read_entry, entries) if inst is not None]
             signature = frozenset((inst.id, inst.base_url, inst.models, inst.capabilities) for inst in instances)
             if self._unchecked.get(service) != signature:
                 changed[service], self._unchecked[service] = instances, signature
@@ -626,8 +650,9 @@ class Discovery:
 
     async def _read_addresses(self, needed: set[Key], seen: dict[Key, Seen]) -> None:
         nodes, services = plan_reads(needed, seen)
-        reads = [self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries_in)
-                 for node in nodes]
+        reads: list[Awaitable[Iterable[dict[str, Any]]]] = [
+            self._read(f"/v1/catalog/node-services/{node}", f'"{MARKER_TAG}" in Tags', node_entries_in)
+            for node in nodes]
         ids: dict[str, set[str]] = {}
         for node, service_id in needed:
             if node not in nodes:
@@ -654,8 +679,7 @@ class Discovery:
         async with self._reads:
             return await self._consul.read(path, params=params)
 
-    async def _read(self, path: str, filter: str, entries: Callable[[bytes], Iterable[dict[str, Any]]],
-                    **params: str) -> Iterable[dict[str, Any]]:
+    async def _read(self, path: str, filter: str, entries: Callable[[bytes], _Read], **params: str) -> _Read:
         """`entries` decodes the raw answer: a node's answer may be megabytes, decoded only in part."""
         assert self._consul is not None
         async with self._reads:

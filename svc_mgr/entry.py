@@ -19,11 +19,12 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from common.wire import LEGACY_CAPABILITIES, Capability
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MARKER_TAG = "openai-api-wrapper"
 MODEL_TAG_PREFIX = "model="
@@ -128,10 +129,33 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
+class _Shared(Generic[T]):
+    """One object per distinct value read lately, held by every instance that claims an equal one: 10,000
+    instances of one model held 10,000 equal tuples of model names, and as many equal port numbers (an int
+    above 256 is a new object each time it is decoded). Emptied when it outgrows `limit`, so that what
+    registrations long gone claimed is not kept for good."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._values: dict[T, T] = {}
+
+    def __call__(self, value: T) -> T:
+        kept = self._values.get(value)
+        if kept is None:
+            if len(self._values) >= self._limit:
+                self._values.clear()
+            kept = self._values[value] = value
+        return kept
+
+
+_shared_ports: _Shared[int] = _Shared(4096)
+_shared_models: _Shared[tuple[str, ...]] = _Shared(4096)
+
+
 def _port(value: Any) -> int:
     if type(value) is not int or not 1 <= value <= 65535:  # bool is an int subclass: not a port
         raise BadEntry(f"port {value!r} is not a number from 1 to 65535")
-    return value
+    return _shared_ports(value)
 
 
 def _weight(meta: Any) -> int:
@@ -151,8 +175,8 @@ def _models(tags: list[Any]) -> tuple[str, ...]:
         if not valid_model_name(name):
             raise BadEntry(f"model name {name[:40]!r}{'...' if len(name) > 40 else ''} is empty, longer than "
                            f"{MAX_MODEL_NAME_LENGTH} characters or holds whitespace or control characters")
-    # a model tagged twice is one model; a name is kept once however many instances serve it (sys.intern)
-    return tuple(dict.fromkeys(map(sys.intern, models)))
+    # a model tagged twice is one model; a name, and a list of them, is kept once however many instances serve it
+    return _shared_models(tuple(dict.fromkeys(map(sys.intern, models))))
 
 
 def parse_instance(entry: Any) -> Instance | None:

@@ -56,7 +56,9 @@ class RoutingTable:
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._by_model: dict[str, list[Instance]] = {}
         self._services_of: dict[str, dict[str, int]] = {}  # model -> service -> its instances claiming it
-        self._slot: dict[tuple[str, str, str], int] = {}  # (model, service, instance id) -> index in _by_model
+        # model -> instance -> its index in _by_model[model] (by the object: its update brought it, and takes it
+        # away; a key of names was a tuple per instance and model, 0.6 MiB at 10,000 instances)
+        self._slot: dict[str, dict[Instance, int]] = {}
         self.known_models: set[str] = set()  # every model ever seen, to tell 503 from 404
         self._capabilities: dict[str, frozenset[Capability]] = {}  # per model: what any of its instances serves
         self._serving: dict[str, dict[Capability, int]] = {}  # per model: its routed instances serving each
@@ -113,7 +115,7 @@ class RoutingTable:
         if not self.rules.permits(model, inst.service, services):
             return
         routed = self._by_model.setdefault(model, [])
-        self._slot[(model, inst.service, inst.id)] = len(routed)
+        self._slot.setdefault(model, {})[inst] = len(routed)
         routed.append(inst)
         self.known_models.add(model)
         serving = self._serving.setdefault(model, {})
@@ -127,8 +129,9 @@ class RoutingTable:
             del services[inst.service]
             if not services:
                 del self._services_of[model]
-        slot = self._slot.pop((model, inst.service, inst.id), None)
-        if slot is None:
+        slots = self._slot.get(model)
+        slot = None if slots is None else slots.pop(inst, None)
+        if slots is None or slot is None:
             return  # a rule kept it off the model
         serving = self._serving[model]
         for capability in inst.capabilities:
@@ -137,10 +140,11 @@ class RoutingTable:
         last = routed.pop()  # swap-remove: O(1), and order means nothing to a random pick
         if last is not inst:
             routed[slot] = last
-            self._slot[(model, last.service, last.id)] = slot
+            slots[last] = slot
         if not routed:
             del self._by_model[model]
             del self._serving[model]
+            del self._slot[model]
 
     def _index_capabilities(self, model: str) -> None:
         """What `model` serves, from counts kept by _add and _remove; lists per capability only when its
