@@ -25,6 +25,8 @@ REJECTION_REASONS = ("auth", "not_found", "body_size", "concurrency", "rate_limi
 _REJECTED_BY_WRAPPER = {401: "auth", 403: "auth", 404: "not_found", 413: "body_size", 429: "rate_limit"}
 # what an attempt that was refused by its answer's status is counted as
 _REFUSED = {429: "busy", 502: "bad_gateway", 503: "unavailable", 404: "stale"}
+# attempt series kept before those of workers gone from the routing table are looked for and dropped
+ATTEMPT_SERIES_SWEEP_MIN = 1024
 
 
 def endpoint_label(capability: Capability) -> str:
@@ -53,7 +55,10 @@ class WrapperMetrics:
         self.overhead = Histogram(f"{PREFIX}gateway_overhead_seconds", "Time a request spent in the wrapper "
                                   "itself, excluding the wait for workers (streams: up to the worker's headers)",
                                   buckets=OVERHEAD_BUCKETS, registry=registry)
+        self.table = table
         self._attempts: dict[tuple[str, str, str | int], Counter] = {}
+        self._service_of: dict[str, str] = {}  # worker id -> its service, for each worker with attempt series
+        self._sweep_at = ATTEMPT_SERIES_SWEEP_MIN
         self._failovers: dict[str | int, Counter] = {}
         self.exposition.add_live(TableCollector(table, heard_at, consul_down))
 
@@ -110,19 +115,41 @@ class WrapperMetrics:
         key = (model, instance.id, outcome)
         child = self._attempts.get(key)
         if child is None:
-            label = _REFUSED.get(outcome, str(outcome)) if isinstance(outcome, int) else outcome
-            child = self._attempts[key] = self.attempts.labels(model, instance.id, label)
+            if len(self._attempts) >= self._sweep_at:
+                self._forget_gone_workers()
+            child = self._attempts[key] = self.attempts.labels(model, instance.id, _outcome_label(outcome))
+            self._service_of[instance.id] = instance.service
         child.inc()
+
+    def _forget_gone_workers(self) -> None:
+        """Drop the attempt series of workers no longer in the routing table, as Prometheus clients do for
+        targets that went away: workers that come and go (autoscaling, new ports, new hosts) would otherwise
+        grow /metrics and the wrapper's memory for good (0.7 KiB a series). Looked for only when the series
+        doubled since the last look, so the request path pays O(1) amortized. A worker that returns starts
+        from 0, which rate() reads as a counter reset. (With --processes, prometheus-client's multiprocess
+        files keep what a process counted; this frees the process's own objects.)"""
+        gone = {worker for worker, service in self._service_of.items() if worker not in self.table.routed(service)}
+        for key in [key for key in self._attempts if key[1] in gone]:
+            model, worker, outcome = key
+            self.attempts.remove(model, worker, _outcome_label(outcome))
+            del self._attempts[key]
+        for worker in gone:
+            del self._service_of[worker]
+        self._sweep_at = max(ATTEMPT_SERIES_SWEEP_MIN, 2 * len(self._attempts))
 
     def failover(self, reason: str | int) -> None:
         child = self._failovers.get(reason)
         if child is None:
-            label = _REFUSED.get(reason, str(reason)) if isinstance(reason, int) else reason
-            child = self._failovers[reason] = self.failovers.labels(label)
+            child = self._failovers[reason] = self.failovers.labels(_outcome_label(reason))
         child.inc()
 
     async def endpoint(self, request: Request) -> Response:
         return await self.exposition.endpoint(request)
+
+
+def _outcome_label(outcome: str | int) -> str:
+    """An attempt's outcome as a label: a refusing answer's status by its name (`_REFUSED`)."""
+    return _REFUSED.get(outcome, str(outcome)) if isinstance(outcome, int) else outcome
 
 
 class TableCollector(Collector):

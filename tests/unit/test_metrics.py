@@ -213,3 +213,26 @@ def test_server_timing_off_still_observes_the_overhead():
     m.answered(obs, headers)
     assert headers == {}
     assert _value(_samples(m), "oaw_gateway_overhead_seconds_count") == 1
+
+
+def test_attempt_series_of_workers_gone_from_the_table_are_dropped_once_the_series_double(monkeypatch):
+    import wrapper.metrics as wm
+
+    monkeypatch.setattr(wm, "ATTEMPT_SERIES_SWEEP_MIN", 3)
+    table = _table()
+    m = WrapperMetrics(table, lambda: None, lambda: False)
+    a, b = table.routed("svc")["svc-a"], table.routed("svc")["svc-b"]
+    m.attempted(MODEL, a, "ok")
+    m.attempted(MODEL, a, 429)
+    m.attempted(MODEL, b, "ok")
+    table.set_service("svc", [b])  # svc-a leaves (deregistered, or its check failed)
+    m.attempted(MODEL, b, "ok")  # an existing series: no look for gone workers
+    assert _value(_samples(m), "oaw_upstream_attempts_total", worker="svc-a") == 2
+    m.attempted(MODEL, b, 503)  # a new series with three kept: the look happens, before it is made
+    samples = _samples(m)
+    assert not [labels for (name, labels) in samples if name == "oaw_upstream_attempts_total"
+                and ("worker", "svc-a") in labels]
+    assert _value(samples, "oaw_upstream_attempts_total", worker="svc-b", outcome="ok") == 2
+    assert _value(samples, "oaw_upstream_attempts_total", worker="svc-b", outcome="unavailable") == 1
+    m.attempted(MODEL, a, "ok")  # a worker that comes back starts again from 0
+    assert _value(_samples(m), "oaw_upstream_attempts_total", worker="svc-a") == 1
