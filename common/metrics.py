@@ -7,6 +7,7 @@ per model/endpoint/status) and kept, so a request costs a few dict lookups and c
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable
@@ -77,6 +78,41 @@ def multiprocess() -> bool:
     return MULTIPROC_ENV in os.environ
 
 
+# ---- the request path's updates ---------------------------------------------------------------------
+
+Add = Callable[[float], None]
+
+
+def adder(child: Counter | Gauge) -> Add:
+    """`child`'s value store's own `inc` (negative amounts for a gauge going down): what `child.inc()` ends in,
+    without the checks before it (a labelled child, a non-negative amount, an exemplar), which hold here by
+    construction and were half of each update. The store is prometheus-client's (`values.ValueClass`: a
+    file in multiprocess mode), so the exposition is the library's as before. Falls back to the public
+    methods if a release keeps it elsewhere."""
+    value = getattr(child, "_value", None)
+    if value is None or not callable(getattr(value, "inc", None)):
+        return child.inc if isinstance(child, Counter) else lambda amount: child.inc(amount)
+    return value.inc
+
+
+def observer(child: Histogram) -> Add:
+    """`child.observe` as the library does it (the sum, then the first bucket whose bound is not below the
+    amount), found by bisection and updating the value stores directly: a third of the library's call.
+    Falls back to `child.observe` if a release keeps them elsewhere."""
+    bounds, buckets, total = (getattr(child, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
+    if not (isinstance(bounds, list) and isinstance(buckets, list) and len(bounds) == len(buckets) and total is not None
+            and all(callable(getattr(v, "inc", None)) for v in (total, *buckets))):
+        return child.observe
+    to_bucket = [bucket.inc for bucket in buckets]
+    add_to_sum = total.inc
+    search = bisect.bisect_left
+
+    def observe(amount: float) -> None:
+        add_to_sum(amount)
+        to_bucket[search(bounds, amount)](1)
+    return observe
+
+
 class Exposition:
     """What `GET /metrics` shows: this app's metrics (summed over processes in multiprocess mode) and
     collectors read at scrape time from this process's own state."""
@@ -131,7 +167,7 @@ class Observation:
         self.admitted_at = time.perf_counter()
         self.model = self.metrics.label(model)
         self.stream = stream
-        self.metrics.series(self.model).in_flight.inc()
+        self.metrics.series(self.model).in_flight(1)
 
     def saw(self, chunk: bytes, usage: StreamUsage) -> None:
         """A relayed chunk with events in it (not only keep-alive comments): timed, and its usage read."""
@@ -148,11 +184,11 @@ class _ModelSeries:
     __slots__ = ("in_flight", "input_tokens", "output_tokens", "ttft", "per_chunk")
 
     def __init__(self, metrics: RequestMetrics, model: str) -> None:
-        self.in_flight = metrics.in_flight_gauge.labels(model)
-        self.input_tokens = metrics.input_tokens.labels(model)
-        self.output_tokens = metrics.output_tokens.labels(model)
-        self.ttft = metrics.ttft.labels(model)
-        self.per_chunk = metrics.per_chunk.labels(model)
+        self.in_flight = adder(metrics.in_flight_gauge.labels(model))
+        self.input_tokens = adder(metrics.input_tokens.labels(model))
+        self.output_tokens = adder(metrics.output_tokens.labels(model))
+        self.ttft = observer(metrics.ttft.labels(model))
+        self.per_chunk = observer(metrics.per_chunk.labels(model))
 
 
 class RequestMetrics:
@@ -178,8 +214,8 @@ class RequestMetrics:
         self.in_flight_gauge = Gauge(f"{prefix}requests_in_flight", f"Requests the {what} is serving, by model",
                                      ["model"], multiprocess_mode="livesum", registry=registry)
         self._series: dict[str, _ModelSeries] = {}
-        self._count: dict[tuple[str, str, int], Counter] = {}
-        self._duration: dict[tuple[str, str, bool], Histogram] = {}
+        self._count: dict[tuple[str, str, int], Add] = {}
+        self._duration: dict[tuple[str, str, bool], Add] = {}
 
     def label(self, model: str) -> str:
         return model if self.known(model) else UNKNOWN
@@ -201,24 +237,25 @@ class RequestMetrics:
         model, now = obs.model, time.perf_counter()
         series = self.series(model)
         if obs.admitted_at:
-            series.in_flight.dec()
+            series.in_flight(-1)
         key = (model, obs.endpoint, status)
         count = self._count.get(key)
         if count is None:
-            count = self._count[key] = self.requests.labels(model, obs.endpoint, str(status))
-        count.inc()
+            count = self._count[key] = adder(self.requests.labels(model, obs.endpoint, str(status)))
+        count(1)
         dkey = (model, obs.endpoint, obs.stream)
         duration = self._duration.get(dkey)
         if duration is None:
-            duration = self._duration[dkey] = self.duration.labels(model, obs.endpoint, "true" if obs.stream else "false")
-        duration.observe(now - obs.start)
+            duration = self._duration[dkey] = observer(
+                self.duration.labels(model, obs.endpoint, "true" if obs.stream else "false"))
+        duration(now - obs.start)
         if obs.first:
-            series.ttft.observe(obs.first - obs.start)
+            series.ttft(obs.first - obs.start)
             if obs.chunks > 1:
-                series.per_chunk.observe((obs.last - obs.first) / (obs.chunks - 1))
+                series.per_chunk((obs.last - obs.first) / (obs.chunks - 1))
         if obs.usage is not None:
-            series.input_tokens.inc(obs.usage.prompt_tokens)
-            series.output_tokens.inc(obs.usage.completion_tokens)
+            series.input_tokens(obs.usage.prompt_tokens)
+            series.output_tokens(obs.usage.completion_tokens)
 
     def finish_json(self, obs: Observation, response: Response) -> None:
         if response.status_code == 200:

@@ -16,7 +16,17 @@ from starlette.responses import Response
 
 from common.errors import OpenAIError
 from common.http import CLIENT_CLOSED, ClientGone, SSEResponse
-from common.metrics import OVERHEAD_BUCKETS, PREFIX, Exposition, Observation, RequestMetrics, preset
+from common.metrics import (
+    OVERHEAD_BUCKETS,
+    PREFIX,
+    Add,
+    Exposition,
+    Observation,
+    RequestMetrics,
+    adder,
+    observer,
+    preset,
+)
 from common.wire import PATHS, Capability
 from svc_mgr import Instance, RoutingTable
 from svc_mgr.affinity import Affinity
@@ -55,8 +65,9 @@ class WrapperMetrics:
         self.overhead = Histogram(f"{PREFIX}gateway_overhead_seconds", "Time a request spent in the wrapper "
                                   "itself, excluding the wait for workers (streams: up to the worker's headers)",
                                   buckets=OVERHEAD_BUCKETS, registry=registry)
+        self._observe_overhead = observer(self.overhead)
         self.table = table
-        self._attempts: dict[tuple[str, str, str | int], Counter] = {}
+        self._attempts: dict[tuple[str, str, str | int], Add] = {}
         self._service_of: dict[str, str] = {}  # worker id -> its service, for each worker with attempt series
         self._sweep_at = ATTEMPT_SERIES_SWEEP_MIN
         self._failovers: dict[str | int, Counter] = {}
@@ -73,7 +84,7 @@ class WrapperMetrics:
         now = time.perf_counter()
         worker = now - obs.admitted_at
         gateway = now - obs.start - worker
-        self.overhead.observe(gateway)
+        self._observe_overhead(gateway)
         if self.server_timing:
             headers["Server-Timing"] = f"gateway;dur={gateway * 1000:.3f}, worker;dur={worker * 1000:.3f}"
 
@@ -117,9 +128,9 @@ class WrapperMetrics:
         if child is None:
             if len(self._attempts) >= self._sweep_at:
                 self._forget_gone_workers()
-            child = self._attempts[key] = self.attempts.labels(model, instance.id, _outcome_label(outcome))
+            child = self._attempts[key] = adder(self.attempts.labels(model, instance.id, _outcome_label(outcome)))
             self._service_of[instance.id] = instance.service
-        child.inc()
+        child(1)
 
     def _forget_gone_workers(self) -> None:
         """Drop the attempt series of workers no longer in the routing table, as Prometheus clients do for

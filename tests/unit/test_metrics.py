@@ -236,3 +236,52 @@ def test_attempt_series_of_workers_gone_from_the_table_are_dropped_once_the_seri
     assert _value(samples, "oaw_upstream_attempts_total", worker="svc-b", outcome="unavailable") == 1
     m.attempted(MODEL, a, "ok")  # a worker that comes back starts again from 0
     assert _value(_samples(m), "oaw_upstream_attempts_total", worker="svc-a") == 1
+
+
+def test_the_fast_updates_expose_what_the_librarys_own_methods_do():
+    """common/metrics.adder and observer update prometheus-client's value stores directly: the exposition
+    must be the one the public inc/dec/observe give, bucket edges included."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from common.metrics import adder, observer
+
+    def build() -> tuple[CollectorRegistry, Counter, Gauge, Histogram]:
+        registry = CollectorRegistry()
+        return (registry, Counter("c_total", "c", ["m"], registry=registry),
+                Gauge("g", "g", ["m"], registry=registry),
+                Histogram("h_seconds", "h", ["m"], buckets=(0.001, 0.01, 0.1), registry=registry))
+
+    amounts = (0.0, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 7.0)
+    slow, c1, g1, h1 = build()
+    for a in amounts:
+        c1.labels("x").inc(3)
+        g1.labels("x").inc(1)
+        g1.labels("x").dec(1)
+        h1.labels("x").observe(a)
+    fast, c2, g2, h2 = build()
+    count, gauge, observe = adder(c2.labels("x")), adder(g2.labels("x")), observer(h2.labels("x"))
+    for a in amounts:
+        count(3)
+        gauge(1)
+        gauge(-1)
+        observe(a)
+    assert generate_latest(fast) == generate_latest(slow)
+
+
+def test_the_fast_updates_fall_back_to_the_public_methods():
+    from common.metrics import adder, observer
+
+    class Child:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, float]] = []
+
+        def inc(self, amount: float = 1) -> None:
+            self.calls.append(("inc", amount))
+
+        def observe(self, amount: float) -> None:
+            self.calls.append(("observe", amount))
+
+    child = Child()
+    adder(child)(2)  # type: ignore[arg-type]
+    observer(child)(0.5)  # type: ignore[arg-type]
+    assert child.calls == [("inc", 2), ("observe", 0.5)]
