@@ -1,7 +1,11 @@
 """The worker side: one Generator behind OpenAI's endpoints, registered in Consul.
 
     app          Worker: the FastAPI app in front of the Generator (auth by the worker secret, checks)
+    observe      around each generation request: its metrics and its trace, in one place
+    metrics      the worker's Prometheus series (oaw_worker_*)
     answers      the Generator's outputs as OpenAI answers and SSE events
+    responses    /v1/responses, by translation to chat
+    relay        what a proxy worker passes on to its upstream as it is
     media        the media endpoints: speech, transcriptions, images, moderations, rerank, score (#11)
     concurrency  --max-concurrency: N at once, a bounded queue, 429 past it
     lifecycle    bind -> own health check -> register -> keep registered -> drain

@@ -26,6 +26,7 @@ from common import wire
 from common.errors import OpenAIError, Unavailable, insufficient_quota, rate_limit_exceeded
 from common.http import SSEResponse
 from common.settings import ApiKey, Limits, Settings, secret
+from common.usage import StreamUsage, TokenUsage, from_json_answer
 
 from .counters import (
     BUDGET,
@@ -42,7 +43,6 @@ from .counters import (
 )
 from .key_metrics import KeyMetrics
 from .resp import RespError
-from .usage import StreamUsage, TokenUsage, from_json_answer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,12 +11,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from common import wire
 from common.errors import RateLimited, Unavailable
 from common.settings import ApiKey, Settings, load_settings
+from common.usage import StreamUsage, TokenUsage, from_json_answer
 from tests.support.config import config_error
 from wrapper.auth import KeyRing
 from wrapper.counters import MemoryStore, Quota
 from wrapper.key_watch import entry_json, parse_entries
 from wrapper.limits import Limiter, _without_usage_chunk
-from wrapper.usage import StreamUsage, TokenUsage, from_json_answer
 
 USAGE_CHUNK = b'data: {"id":"x","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
 CONTENT = b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'

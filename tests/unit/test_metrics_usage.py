@@ -1,11 +1,11 @@
-"""wrapper/usage.py: the token usage read from answers as they pass (whole JSON, SSE chunks split anyhow)."""
+"""common/usage.py: the token usage read from answers as they pass (whole JSON, SSE chunks split anyhow)."""
 from __future__ import annotations
 
 import orjson
 import pytest
 
 from common import wire
-from wrapper.usage import StreamUsage, TokenUsage, from_json_answer
+from common.usage import StreamUsage, TokenUsage, from_json_answer
 
 
 def _answer(prompt: int, completion: int, text: str = "hi") -> bytes:
