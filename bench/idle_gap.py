@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from tests.support.procs import Consul, Procs, wait_until
+from tests.support.procs import Consul, Procs, free_port, get_json, wait_until
 from tests.support.servers import Server, routable, start_worker, start_wrapper
 
 MODEL = "idle-gap-echo"
@@ -81,20 +82,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--gaps", default="0,0.05,0.2", help="seconds of idle before each stream, comma-separated")
+    parser.add_argument("--wrapper-config", default=None, help="an env.yaml-style file for the wrapper (e.g. metrics off)")
+    parser.add_argument("--relay", choices=("wrapper", "bare"), default="wrapper",
+                        help="what is measured against direct: the wrapper, or bench/bare_relay.py (uvicorn + "
+                             "aiohttp, no features: what the libraries alone add)")
     args = parser.parse_args()
     gaps = [float(g) for g in args.gaps.split(",")]
     procs = Procs()
     try:
         consul = Consul(procs)
         worker: Server = start_worker(procs, consul, "generators.echo.EchoGen", "--models", MODEL)
-        wrapper = start_wrapper(procs, consul)
-        wait_until(lambda: routable(wrapper, MODEL), 20, f"{MODEL} routable")
-        direct, wrapped = StreamClient(worker.port), StreamClient(wrapper.port)
+        if args.relay == "bare":
+            port = free_port()
+            procs.start("bare-relay", [sys.executable, "-m", "bench.bare_relay", "127.0.0.1", str(port), "--route",
+                                       f"{MODEL}=http://127.0.0.1:{worker.port}", "--server", "uvicorn",
+                                       "--interface", "asgi", "--client", "aiohttp"])
+            wait_until(lambda: get_json(f"http://127.0.0.1:{port}/health")[0] == 200, 20, "the bare relay")
+        else:
+            wrapper = start_wrapper(procs, consul, *(["--config", args.wrapper_config] if args.wrapper_config else []))
+            wait_until(lambda: routable(wrapper, MODEL), 20, f"{MODEL} routable")
+            port = wrapper.port
+        direct, wrapped = StreamClient(worker.port), StreamClient(port)
         for client in (direct, wrapped):
             for _ in range(20):
                 client.first_chunk()  # warm-up: connections, caches, the routing table
-        print(f"guest_halt_poll_ns: {halt_poll_setting()}; {args.pairs} pairs per gap")
-        print("| idle gap before each stream | direct TTFC p50 ms | wrapper TTFC p50 ms | wrapper − direct (paired p50) ms |")
+        print(f"guest_halt_poll_ns: {halt_poll_setting()}; {args.pairs} pairs per gap; relay: {args.relay}; "
+              f"wrapper config: {args.wrapper_config or 'defaults'}")
+        print(f"| idle gap before each stream | direct TTFC p50 ms | {args.relay} TTFC p50 ms | {args.relay} − direct (paired p50) ms |")
         print("|---:|---:|---:|---:|")
         for gap in gaps:
             d, w, diff = measure(direct, wrapped, args.pairs, gap)
