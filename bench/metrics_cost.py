@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from common import wire
 from svc_mgr import Instance, RoutingTable
-from wrapper.metrics import WrapperMetrics
+from wrapper.metrics import SERVER_TIMING, WrapperMetrics
 
 MODEL = "echo"
 
@@ -32,9 +32,11 @@ def per_request_us(n: int) -> float:
         obs = metrics.begin(wire.Capability.CHAT)
         obs.admit(MODEL, False)
         metrics.attempted(MODEL, inst, "ok")
-        headers: dict[str, str] = {}
-        metrics.answered(obs, headers)
-        metrics.responded(obs, Response(body, media_type="application/json", headers=headers))
+        timing = metrics.answered(obs)
+        response = Response(body, media_type="application/json", headers={})
+        if timing is not None:
+            response.raw_headers.append((SERVER_TIMING, timing))
+        metrics.responded(obs, response)
     return (time.process_time() - start) / n * 1e6
 
 

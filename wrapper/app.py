@@ -41,7 +41,7 @@ from .hop import Hop
 from .key_metrics import KeyMetrics
 from .key_watch import KeyWatch
 from .limits import Limiter
-from .metrics import WrapperMetrics
+from .metrics import SERVER_TIMING, WrapperMetrics
 from .model_plan import SERVED_MODEL_HEADER, ModelPlan, Reroute, renamed_json, renamed_stream
 from .observe import Observer
 from .status import status_endpoints
@@ -142,15 +142,19 @@ class Wrapper:
         # DEBUG, not INFO: a log line per request costs a third of the throughput (docs/performance.md)
         log.debug("request %s: %s %s -> %s %d", rid, capability, model, attempt.instance.id, attempt.status)
         headers = attempt.headers()  # DirectRoutes adds X-Request-ID
-        if self.metrics is not None and obs is not None:
-            self.metrics.answered(obs, headers)
+        timing = self.metrics.answered(obs) if self.metrics is not None and obs is not None else None
         media_type = attempt.content_type
+        response: Response
         if attempt.content is None and not media_type.startswith(JSON):  # an event stream, or audio
             chunks = self.hop.stream(attempt) if media_type.startswith(wire.SSE) else self.hop.relay(attempt)
-            return SSEResponse(chunks, attempt.status, headers, on_close=attempt.close, media_type=media_type)
-        content = attempt.content if attempt.content is not None else await self.hop.read(attempt)
-        attempt.close()
-        return Response(content, status_code=attempt.status, media_type=media_type, headers=headers)
+            response = SSEResponse(chunks, attempt.status, headers, on_close=attempt.close, media_type=media_type)
+        else:
+            content = attempt.content if attempt.content is not None else await self.hop.read(attempt)
+            attempt.close()
+            response = Response(content, status_code=attempt.status, media_type=media_type, headers=headers)
+        if timing is not None:
+            response.raw_headers.append((SERVER_TIMING, timing))
+        return response
 
     def _admit(self, raw: bytes, capability: Capability, content_type: str | None,
                request: Request) -> tuple[str, bool, bytes | None, dict | None]:
