@@ -129,7 +129,7 @@ def run(sizes: list[int], seconds: float) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| layout | instances | table MiB (bytes/instance) | changes | update µs p50 / p99 | pick µs | "
-             "instances_in over the full answer ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "seen_in over the full answer ms |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         full = f"{r['full_answer_ms']:.1f}" if r["full_answer_ms"] is not None else "—"
         lines.append(f"| {r['layout']} | {r['instances']:,} | {r['table_mib']:.1f} ({r['bytes_per_instance']:.0f}) | "

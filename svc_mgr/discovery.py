@@ -122,11 +122,6 @@ def checks_in(raw: bytes) -> Iterator[Check]:
     return checks_of(items_in(raw))
 
 
-def instances_in(checks: Iterable[dict[str, Any]]) -> dict[Key, Seen]:
-    """`seen_in` over checks as dicts (as JSON decodes them)."""
-    return seen_in(msgspec.convert(list(checks), list[Check]))
-
-
 def seen_in(checks: Iterable[Check], last: Mapping[Key, Seen] | None = None) -> dict[Key, Seen]:
     """Our instances in a `/v1/health/state/any` answer, each passing only if all its checks and its node's do.
 
@@ -210,14 +205,6 @@ def plan_reads(needed: Iterable[Key], seen: dict[Key, Seen]) -> tuple[set[str], 
     return nodes, services
 
 
-def node_entries(answer: Any) -> Iterator[dict[str, Any]]:
-    """`/v1/catalog/node-services/NODE` as `/v1/health/service` entries (what EntryReader reads)."""
-    if answer:
-        node = answer.get("Node") or {}
-        for service in answer.get("Services") or ():
-            yield {"Node": node, "Service": service}
-
-
 class _NodeService(msgspec.Struct):
     """The fields of a node's service that parse_instance reads (Any: it judges their types itself); the rest
     (TaggedAddresses, Weights, Proxy, Connect, ...) is skipped while decoding: a node may hold thousands."""
@@ -240,7 +227,8 @@ _NODE_SERVICE = msgspec.json.Decoder(_NodeService)
 
 
 def node_entries_in(raw: bytes) -> Iterator[dict[str, Any]]:
-    """node_entries of a raw `/v1/catalog/node-services/NODE` answer, one entry decoded and built at a time."""
+    """A raw `/v1/catalog/node-services/NODE` answer as `/v1/health/service` entries (what EntryReader reads),
+    one entry decoded and built at a time."""
     answer = _NODE_SERVICES.decode(raw)
     if answer is not None:
         node = answer.Node or {}

@@ -18,9 +18,10 @@ from svc_mgr.discovery import (
     NODE_READ_ABOVE,
     Discovery,
     EmptyCatalogGrace,
-    instances_in,
-    node_entries,
+    checks_in,
+    node_entries_in,
     plan_reads,
+    seen_in,
 )
 from svc_mgr.entry import MARKER_TAG, instance_from_health, model_tags
 
@@ -35,11 +36,11 @@ def check(node: str, service_id: str = "", status: str = "passing", created: int
 
 
 def test_an_instance_passes_only_if_all_its_checks_and_its_node_pass():
-    seen = instances_in([
+    seen = seen_in(checks_in(orjson.dumps([
         check("n1"), check("n1", "a-1"), check("n1", "b-1"), check("n1", "b-1", "warning", created=7),
         check("n2", status="critical"), check("n2", "a-2", modified=99),
         check("n1", "web-1", tags=["web"]),  # not ours
-    ])
+    ])))
     a, b = tuple(model_tags(["a"])), tuple(model_tags(["b"]))
     assert seen == {("n1", "a-1"): ("a", (5, a), True), ("n1", "b-1"): ("b", (7, b), False),
                     ("n2", "a-2"): ("a", (5, a), False)}
@@ -57,10 +58,10 @@ def test_a_node_answer_reads_like_a_health_answer():
     answer = {"Node": node, "Services": [
         {"ID": "a-1", "Service": "a", "Tags": model_tags(["m"]), "Address": "", "Port": 7},
         {"ID": "b-1", "Service": "b", "Tags": model_tags(["n"]), "Address": "10.0.0.1", "Port": 8}]}
-    instances = [instance_from_health(e) for e in node_entries(answer)]
+    instances = [instance_from_health(e) for e in node_entries_in(orjson.dumps(answer))]
     assert [(i.base_url, i.models) for i in instances if i] == [("http://10.0.0.9:7", ("m",)),
                                                                 ("http://10.0.0.1:8", ("n",))]
-    assert list(node_entries({"Node": None, "Services": None})) == []  # an unknown node
+    assert list(node_entries_in(orjson.dumps({"Node": None, "Services": None}))) == []  # an unknown node
 
 
 def test_an_empty_catalog_is_held_only_when_suspicious_and_only_for_the_grace_period(caplog):
