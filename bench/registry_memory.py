@@ -39,7 +39,8 @@ from typing import Any
 
 import orjson
 
-NODE = "bench-fake-node"
+NODE = "bench-fake-node"  # bench/stack.py FAKE_NODE; bench.stack is imported only where needed (it would
+# count in the in-process memory figures)
 AGENT = "agent-node"
 TAGS = ["openai-api-wrapper", "model=bench-model"]
 PORT = 9000
@@ -262,21 +263,10 @@ def child(root: Path, rows: list[str], trace: bool) -> None:
 
 # ---- with a real Consul dev agent ------------------------------------------------------------------------------
 
-def _txn_ops(fake: Fake) -> list[dict[str, Any]]:
-    """bench.run's fake: the service and a passing check on it, as a worker registers."""
-    sid, service, tags, _ = fake
-    return [{"Service": {"Verb": "set", "Node": NODE, "Service": {
-                "ID": sid, "Service": service, "Tags": tags, "Address": "127.0.0.1", "Port": PORT}}},
-            {"Check": {"Verb": "set", "Check": {"Node": NODE, "CheckID": f"check-{sid}", "Name": "fake",
-                                                "Status": "passing", "ServiceID": sid}}}]
-
-
 def register(addr: str, fakes: list[Fake]) -> None:
-    """In transactions of 64 operations (Consul's limit), as fast as Consul takes them, as bench.run does."""
-    from .stack import consul_put
-    ops = [op for fake in fakes for op in _txn_ops(fake)]
-    for start in range(0, len(ops), 64):
-        consul_put(addr, "/v1/txn", ops[start:start + 64])
+    """As bench.run registers its fakes (bench/stack.py)."""
+    from .stack import register_fakes
+    register_fakes(addr, [(sid, service, tags) for sid, service, tags, _ in fakes], PORT)
 
 
 async def watch_real(addr: str, trace: bool) -> None:

@@ -49,10 +49,21 @@ from tests.support.consul_cluster import ConsulCluster
 from tests.support.procs import free_port, python_script
 
 from . import candidates
-from .stack import BENCH, BENCH_VENV, ROOT, Service, Stack, consul_put, machine, rss_mib
+from .stack import (
+    BENCH,
+    BENCH_VENV,
+    FAKE_NODE,
+    ROOT,
+    Service,
+    Stack,
+    consul_put,
+    fake_ops,
+    machine,
+    register_fakes,
+    rss_mib,
+)
 
 REQS_BENCH = ROOT / "requirements-bench.txt"
-FAKE_NODE = "bench-fake-node"
 FAKE_SERVICE = "bench-fake"
 SCALE_MODEL = "echo-scale"
 SCALE_TAGS = ["openai-api-wrapper", f"model={SCALE_MODEL}"]
@@ -588,28 +599,16 @@ class Bench:
             "rss_mib": rss_mib(worker.pid), "other_cores": other, "paths": paths, "paired": paired}
         self.stack.stop("worker-smollm2")
 
-    def _fake_ops(self, sid: str, service: str, tags: list[str]) -> list[dict]:
-        """A fake instance as a worker registers itself: the service and a passing check on it. (Nobody runs
-        the check on a node without an agent, so it stays as written.) Without a check it would take the
-        wrapper's path for hand-made registrations, which re-reads its whole service on every change."""
-        return [{"Service": {"Verb": "set", "Node": FAKE_NODE, "Service": {
-                    "ID": sid, "Service": service, "Tags": tags, "Address": "127.0.0.1", "Port": self.worker.port}}},
-                {"Check": {"Verb": "set", "Check": {"Node": FAKE_NODE, "CheckID": f"check-{sid}", "Name": "fake",
-                                                    "Status": "passing", "ServiceID": sid}}}]
-
     def _register_fakes(self, addr: str, fakes: list[tuple[str, str, list[str]]]) -> None:
-        """(id, service, tags) each, two operations a fake, in transactions of at most 64 (Consul's limit)."""
-        ops = [op for sid, service, tags in fakes for op in self._fake_ops(sid, service, tags)]
-        for start in range(0, len(ops), 64):
-            consul_put(addr, "/v1/txn", ops[start:start + 64])
+        register_fakes(addr, fakes, self.worker.port)
 
     def _probe_delay(self, addr: str, label: str, service: str) -> float:
         """Register one more instance of `service` with a new model; ms until the wrapper routes that model."""
         model = f"probe-{label}-{uuid.uuid4().hex[:6]}"
         sid = f"{FAKE_SERVICE}-probe-{label}"
         url = f"{self.wrapper.url}/v1/models/{model}"
-        elapsed = asyncio.run(_time_until_routable(addr, self._fake_ops(sid, service, [*SCALE_TAGS, f"model={model}"]),
-                                                   url, timeout=60))
+        ops = fake_ops(sid, service, [*SCALE_TAGS, f"model={model}"], self.worker.port)
+        elapsed = asyncio.run(_time_until_routable(addr, ops, url, timeout=60))
         consul_put(addr, "/v1/catalog/deregister", {"Node": FAKE_NODE, "ServiceID": sid})  # and its check
         return elapsed * 1000
 

@@ -296,5 +296,26 @@ def consul_put(addr: str, path: str, body) -> bytes:
         return resp.read()
 
 
+FAKE_NODE = "bench-fake-node"  # the node the bench's fake instances are registered on (no agent runs there)
+
+
+def fake_ops(sid: str, service: str, tags: list[str], port: int) -> list[dict]:
+    """A fake instance as a worker registers itself: the service and a passing check on it. (Nobody runs
+    the check on a node without an agent, so it stays as written.) Without a check it would take the
+    wrapper's path for hand-made registrations, which re-reads its whole service on every change."""
+    return [{"Service": {"Verb": "set", "Node": FAKE_NODE, "Service": {
+                "ID": sid, "Service": service, "Tags": tags, "Address": "127.0.0.1", "Port": port}}},
+            {"Check": {"Verb": "set", "Check": {"Node": FAKE_NODE, "CheckID": f"check-{sid}", "Name": "fake",
+                                                "Status": "passing", "ServiceID": sid}}}]
+
+
+def register_fakes(addr: str, fakes: list[tuple[str, str, list[str]]], port: int) -> None:
+    """(id, service, tags) each, two operations a fake, in transactions of at most 64 (Consul's limit), as
+    fast as Consul takes them."""
+    ops = [op for sid, service, tags in fakes for op in fake_ops(sid, service, tags, port)]
+    for start in range(0, len(ops), 64):
+        consul_put(addr, "/v1/txn", ops[start:start + 64])
+
+
 def now() -> float:
     return time.monotonic()
