@@ -118,6 +118,16 @@ def error_json(exc: BaseException) -> bytes:
     return orjson.dumps(error_body(exc))
 
 
+def answer_error(status: int, content: bytes) -> OpenAIError:
+    """The error a worker's error answer reports (OpenAI's shape), for passing it on in another form."""
+    try:
+        error = orjson.loads(content)["error"]
+        return OpenAIError(str(error["message"]), status=status, type=error.get("type"), param=error.get("param"),
+                           code=error.get("code"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return BadGateway(f"The worker answered with status {status}.", code="worker_failed")
+
+
 def rate_limit_exceeded(message: str, headers: dict[str, str]) -> RateLimited:
     """A key over its requests, tokens or concurrency limit: 429, which the openai SDK retries after
     `Retry-After`."""

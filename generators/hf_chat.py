@@ -34,7 +34,7 @@ from typing import Any
 from common.errors import InvalidRequest
 from common.wire import message_text
 
-from .base import Delta, Generator, Usage
+from .base import ACCEPTED, Delta, Generator, Usage
 from .hf_model_source import (
     PACKAGED_MODEL_DISTRIBUTION,
     PACKAGED_MODEL_FILE,
@@ -47,6 +47,7 @@ from .tool_calls import HERMES, ToolCallParser, markers_for, wants_tool_calls, w
 log = logging.getLogger(__name__)
 
 _END = object()
+_STARTED = object()  # from the generating thread: the job passed its checks and the model starts on the prompt
 
 
 @dataclass
@@ -278,6 +279,9 @@ class HFChatGen(Generator):
         stops = StopFilter(job.stop)
         try:
             while (item := await queue.get()) is not _END:
+                if item is _STARTED:
+                    yield ACCEPTED  # the worker sends its head now, not after the prompt's processing
+                    continue
                 text = stops.feed(item)
                 if text:
                     yield Delta(content=text)
@@ -309,6 +313,7 @@ class HFChatGen(Generator):
             stopper = _stopper_class()(job, tokenizer, prompt_len)
             if job.seed is not None:
                 torch.manual_seed(job.seed)
+            push(_STARTED)
             pad = tokenizer.pad_token_id
             if pad is None:
                 pad = next(iter(self._eos_ids()), None)

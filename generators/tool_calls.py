@@ -18,7 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .base import Delta, ToolCallDelta
+from .base import ACCEPTED, Delta, ToolCallDelta
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,9 @@ async def with_tool_calls(deltas: AsyncGenerator[Delta, None], parser: ToolCallP
     finishes with "tool_calls". Closing this closes `deltas`."""
     async with aclosing(deltas):
         async for d in deltas:
+            if d is ACCEPTED:
+                yield d
+                continue
             for out in parser.feed(d.content or ""):
                 yield out
             if d.finish_reason is not None or d.usage is not None or d.tool_calls:

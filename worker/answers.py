@@ -8,9 +8,13 @@ from typing import Any
 
 from common import wire
 from common.wire import Capability
-from generators import Delta, Generator, Output
+from generators import ACCEPTED, Delta, Generator, Output
 
 log = logging.getLogger(__name__)
+
+# Yielded for ACCEPTED: an empty body write, which sends the response's head at once (common/protocol.py
+# holds a head until the first body write) and nothing else
+HEAD_NOW = b""
 
 
 class Answers:
@@ -78,6 +82,10 @@ class Answers:
         first = True
         async with aclosing(self.generator.stream(capability, body)) as deltas:
             async for d in deltas:
+                if d is ACCEPTED:
+                    if index == 0 and first:
+                        yield HEAD_NOW
+                    continue
                 out.finish_reason = d.finish_reason or out.finish_reason
                 out.usage = d.usage or out.usage
                 if not d.content and not d.tool_calls:

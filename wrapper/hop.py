@@ -6,14 +6,15 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
 
-from common.errors import BadGateway, GatewayTimeout, OpenAIError, Unavailable, model_not_found
+from common.errors import BadGateway, GatewayTimeout, OpenAIError, Unavailable, answer_error, model_not_found
 from common.http import SECRET_HEADER
 from common.settings import TimeoutSettings, WrapperSettings
-from common.wire import Capability, error_code, sse_comments_only, sse_error_event
+from common.wire import SSE, Capability, error_code, sse_comments_only, sse_error_event
 from svc_mgr import Instance, RoutingTable
 
 from .retry_budget import RetryBudget
@@ -44,13 +45,35 @@ def _no_trace(instance: Instance) -> dict[str, str]:
     return {}
 
 
+@dataclass(slots=True)
+class Tries:
+    """One request's way through its model's instances: what the Hop needs to go on failing over, also
+    once a stream's head was passed on (up to its first event)."""
+
+    model: str
+    path: str
+    body: bytes
+    request_id: str
+    whole: bool
+    capability: Capability | None
+    content_type: str | None
+    key: bytes | None
+    deadline: float
+    tried: list[Instance] = field(default_factory=list)
+    last: OpenAIError | Attempt | None = None
+    safe: bool = True  # whether `last` failed before the worker could start the work
+    outcome: str | int | None = None  # of the attempt before: a failover's reason
+
+
 class Attempt:
     """One attempt at a worker: its instance's in-flight slot, then its answer once headers arrived."""
 
-    def __init__(self, instance: Instance, deadline: float, request_id: str) -> None:
+    def __init__(self, instance: Instance, tries: Tries) -> None:
         self.instance = instance
-        self.request_id = request_id
-        self.deadline = deadline
+        self.tries = tries
+        self.request_id = tries.request_id
+        self.deadline = tries.deadline
+        self.first_byte_by = tries.deadline  # when the first-byte timeout runs out (set when sent)
         self.response: aiohttp.ClientResponse | None = None
         self.content: bytes | None = None  # the whole body, for answers read inside the attempt
         self.released = False
@@ -132,43 +155,35 @@ class Hop:
                    key: bytes | None = None) -> Attempt:
         """Send to a healthy instance and wait for its headers (and, if `whole`, its whole body), failing
         over on connection errors, resets, timeouts, 429/502/503 and a stale instance's 404, within the
-        attempt limit, the retry budget and the overall deadline. `key`: the affinity balancer's key. A stream is never retried once its
-        first byte was relayed: that is the caller's part, which starts only after this returns."""
+        attempt limit, the retry budget and the overall deadline. `key`: the affinity balancer's key. A
+        stream's failover goes on in `stream` up to its first event (a worker may send its head early)."""
         assert self._session is not None, "Hop.start() was not called"
-        deadline = asyncio.get_running_loop().time() + self.timeouts.total
         self.budget.request()
-        tried: list[Instance] = []
-        last: OpenAIError | Attempt | None = None
-        safe = True  # whether `last` failed before the worker could start the work
+        deadline = asyncio.get_running_loop().time() + self.timeouts.total
+        return await self._next(Tries(model, path, body, request_id, whole, capability, content_type, key, deadline))
+
+    async def _next(self, tries: Tries) -> Attempt:
+        """The next attempt of `tries` that answers, or the last refusal; raises the last failure."""
         observer = self.observer
-        outcome: str | int | None = None  # of the attempt before: a failover's reason
-        for _ in range(self.settings.max_attempts):
-            inst = (self.table.pick(model, tried, capability, key)
-                    or (self.table.pick(model, (), capability, key) if tried else None))
+        model, deadline = tries.model, tries.deadline
+        while len(tries.tried) < self.settings.max_attempts:
+            inst = (self.table.pick(model, tries.tried, tries.capability, tries.key)
+                    or (self.table.pick(model, (), tries.capability, tries.key) if tries.tried else None))
             if inst is None or self._remaining(deadline, 1) <= 0:
                 break
-            if tried:
-                if not self._may_retry(safe):
+            if tries.tried:
+                if not self._may_retry(tries.safe):
                     break
-                if observer is not None and outcome is not None:
-                    observer.failover(outcome)
-                if inst in tried:  # the only instance left: give it a moment
+                if observer is not None and tries.outcome is not None:
+                    observer.failover(tries.outcome)
+                if inst in tries.tried:  # the only instance left: give it a moment
                     await self._backoff(deadline)
-            tried.append(inst)
-            attempt = Attempt(inst, deadline, request_id)
+            tries.tried.append(inst)
+            attempt = Attempt(inst, tries)
             try:
-                await self._send(attempt, path, body, request_id, whole, content_type)
+                await self._send(attempt, tries.path, tries.body, tries.request_id, tries.whole, tries.content_type)
             except OpenAIError as exc:
-                attempt.close()
-                self.table.cool_down(inst)
-                inst.last_error = (time.time(), exc.code or exc.type)
-                log.warning("request %s: worker %s failed (%s)", request_id, inst.id, exc.code)
-                if observer is not None:
-                    outcome = exc.code or "error"
-                    observer.attempted(model, inst, outcome)
-                if isinstance(last, Attempt):
-                    last.close()
-                last, safe = exc, exc.code in NOTHING_SENT_CODES
+                self._failed(attempt, exc)
                 continue
             except BaseException:
                 attempt.close()
@@ -177,25 +192,40 @@ class Hop:
                 self.table.cool_down(inst)
                 inst.last_error = (time.time(), f"status {attempt.status}")
                 if observer is not None:
-                    outcome = attempt.status
-                    observer.attempted(model, inst, outcome)
-                if isinstance(last, Attempt):
-                    last.close()
-                last, safe = attempt, attempt.status in SAFE_RETRY_STATUSES or attempt.status == 404
+                    tries.outcome = attempt.status
+                    observer.attempted(model, inst, tries.outcome)
+                if isinstance(tries.last, Attempt):
+                    tries.last.close()
+                tries.last, tries.safe = attempt, attempt.status in SAFE_RETRY_STATUSES or attempt.status == 404
                 continue
-            if isinstance(last, Attempt):
-                last.close()
+            if isinstance(tries.last, Attempt):
+                tries.last.close()
             if observer is not None:
                 observer.attempted(model, inst, "ok")
             return attempt
-        if isinstance(last, Attempt):
-            return last  # every instance was busy or failing: pass the last worker answer on
-        if last is not None:
-            raise last
+        if isinstance(tries.last, Attempt):
+            return tries.last  # every instance was busy or failing: pass the last worker answer on
+        if tries.last is not None:
+            raise tries.last
         if model in self.table.known_models:
             raise Unavailable(f"No healthy worker serves '{model}' right now.", code="no_healthy_worker",
                               headers={"Retry-After": "1"})
         raise model_not_found(model)
+
+    def _failed(self, attempt: Attempt, exc: OpenAIError) -> None:
+        """Book an attempt that failed with `exc`: its instance cools down, and `exc` is what its request
+        ends with if no other attempt answers."""
+        attempt.close()
+        inst, tries = attempt.instance, attempt.tries
+        self.table.cool_down(inst)
+        inst.last_error = (time.time(), exc.code or exc.type)
+        log.warning("request %s: worker %s failed (%s)", tries.request_id, inst.id, exc.code)
+        if self.observer is not None:
+            tries.outcome = exc.code or "error"
+            self.observer.attempted(tries.model, inst, tries.outcome)
+        if isinstance(tries.last, Attempt):
+            tries.last.close()
+        tries.last, tries.safe = exc, exc.code in NOTHING_SENT_CODES
 
     def _may_retry(self, safe: bool) -> bool:
         """Whether a failure of this kind may be retried, taking the retry from the budget if so."""
@@ -224,7 +254,8 @@ class Hop:
         try:
             # aiohttp enforces the connect timeout; the first-byte clock starts once connected
             first_byte = self.timeouts.connect + self.timeouts.first_byte
-            async with asyncio.timeout(self._remaining(attempt.deadline, first_byte)):
+            attempt.first_byte_by = min(asyncio.get_running_loop().time() + first_byte, attempt.deadline)
+            async with asyncio.timeout_at(attempt.first_byte_by):
                 attempt.response = await self._session.post(attempt.instance.base_url + path, data=body,
                                                              headers=self._headers(request_id, content_type, attempt.instance))
         except aiohttp.ConnectionTimeoutError:
@@ -278,37 +309,66 @@ class Hop:
             attempt.close()
 
     async def stream(self, attempt: Attempt) -> AsyncGenerator[bytes, None]:
-        """Relay an SSE body chunk by chunk as it arrives. If the worker fails or stalls mid-stream, end
-        with one OpenAI error event and no [DONE], so the client can tell the answer is truncated."""
-        assert attempt.response is not None
-        content = attempt.response.content
+        """Relay an SSE body chunk by chunk as it arrives. Up to its first event (a worker may send its head
+        early: generators' ACCEPTED) the first-byte timeout rules, and a failure or that timeout fails over
+        to another instance, whose stream goes on in the same answer: the client has seen nothing of the
+        first. After it, a failure or stall ends the stream with one OpenAI error event and no [DONE], so
+        the client can tell the answer is truncated."""
         loop = asyncio.get_running_loop()
         idle = self.timeouts.idle
         tail = b"\n\n"
-        progress_by = loop.time() + idle  # comment-only chunks (keep-alive pings) do not move this
+        evented = False  # an event (not only comments, which move no clock) was passed on
+        progress_by = attempt.first_byte_by
         try:
             while True:
-                async with asyncio.timeout_at(min(progress_by, attempt.deadline)):
-                    chunk = await content.readany()
+                assert attempt.response is not None
+                try:
+                    async with asyncio.timeout_at(min(progress_by, attempt.deadline)):
+                        chunk = await attempt.response.content.readany()
+                except (TimeoutError, *_CONNECT_FAILURES, aiohttp.ClientPayloadError) as exc:
+                    error = self._stream_error(exc, attempt, evented)
+                    if not evented and error.code != "total_timeout":
+                        self._failed(attempt, error)
+                        try:
+                            attempt = await self._next(attempt.tries)
+                        except OpenAIError as last:
+                            error = last
+                        else:
+                            if attempt.status == 200 and attempt.content_type.startswith(SSE):
+                                progress_by = attempt.first_byte_by
+                                continue
+                            error = await self._refusal(attempt)
+                    yield self._boundary(tail) + sse_error_event(error)
+                    return
                 if not chunk:
                     return
                 if not sse_comments_only(chunk):
+                    evented = True
                     progress_by = loop.time() + idle
                 tail = chunk[-2:]
                 yield chunk
-        except TimeoutError:
-            if asyncio.get_running_loop().time() >= attempt.deadline:
-                error = GatewayTimeout("The request took longer than the gateway's total timeout.",
-                                       code="total_timeout")
-            else:
-                error = GatewayTimeout("The worker stopped sending the stream.", code="idle_timeout")
-            yield self._boundary(tail) + sse_error_event(error)
-        except _CONNECT_FAILURES + (aiohttp.ClientPayloadError,):
-            log.warning("request %s: worker %s failed mid-stream", attempt.request_id, attempt.instance.id)
-            yield self._boundary(tail) + sse_error_event(
-                BadGateway("The worker failed in the middle of the stream.", code="worker_failed"))
         finally:
             attempt.close()
+
+    def _stream_error(self, exc: BaseException, attempt: Attempt, evented: bool) -> OpenAIError:
+        if isinstance(exc, TimeoutError):
+            if asyncio.get_running_loop().time() >= attempt.deadline:
+                return GatewayTimeout("The request took longer than the gateway's total timeout.",
+                                      code="total_timeout")
+            if not evented:
+                return GatewayTimeout("The worker sent nothing within the first-byte timeout.",
+                                      code="first_byte_timeout")
+            return GatewayTimeout("The worker stopped sending the stream.", code="idle_timeout")
+        if evented:  # before, `_failed` tells
+            log.warning("request %s: worker %s failed mid-stream", attempt.request_id, attempt.instance.id)
+        return BadGateway("The worker failed in the middle of the stream.", code="worker_failed")
+
+    async def _refusal(self, attempt: Attempt) -> OpenAIError:
+        """The error a stream ends with when the instance that was to take it over refused it."""
+        try:
+            return answer_error(attempt.status, await self.read(attempt))
+        except OpenAIError as exc:
+            return exc
 
     async def relay(self, attempt: Attempt) -> AsyncGenerator[bytes, None]:
         """Relay a binary body (audio) chunk by chunk as it arrives. A failure or stall midway raises, so

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.procs import get_json, wait_until
-from tests.support.servers import routable, start_worker, start_wrapper, unique_model
+from tests.support.servers import routable, sdk_client, start_worker, start_wrapper, unique_model
 
 
 def chat_body(model: str, text: str = "hello there", stream: bool = False) -> dict:
@@ -100,6 +100,28 @@ def test_worker_dying_mid_stream_ends_with_an_error_event(procs, consul, wrapper
     last = json.loads(events[-1])
     schemas.validate("ErrorResponse", last)
     assert last["error"]["code"] == "worker_failed"
+    wait_idle(wrapper)
+
+
+def test_a_worker_dying_before_its_first_event_is_failed_over_within_the_stream(procs, consul, wrapper):
+    """Issue #15: a worker that accepted a stream (ACCEPTED: its head goes out at once, and the wrapper
+    passes the head on) dies before its first event — a model server crashing during the prompt's
+    processing. The client has seen no event yet, so the wrapper sends the request to another instance and
+    that answer goes on in the same stream: the openai SDK reads one whole answer."""
+    model, other = unique_model("accepting"), unique_model("other")
+    dying = start_worker(procs, consul, "tests.support.fault_generators.AsyncTickGen", "--models", model,
+                         "--accept", "--first-delay", "120", "--words", "3")
+    wait_until(lambda: routable(wrapper, model), 5, "routable")
+    with sdk_client(wrapper, model) as client:
+        stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                                stream=True)  # back once the head came: the model "works"
+        start_worker(procs, consul, "tests.support.fault_generators.AsyncTickGen", "--models", f"{model},{other}",
+                     "--words", "3", "--delay", "0.01")
+        wait_until(lambda: routable(wrapper, other), 10, "the second worker in the wrapper's table")
+        dying.proc.signal(signal.SIGKILL)
+        chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "w0 w1 w2 "
+    assert chunks[-1].choices[0].finish_reason == "stop"
     wait_idle(wrapper)
 
 

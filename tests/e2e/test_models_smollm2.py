@@ -4,7 +4,9 @@ openai SDK. The worker is started once for the module: loading the model takes s
 process loads the tokenizer from the same GGUF file, meanwhile, to count tokens."""
 from __future__ import annotations
 
+import json
 import re
+import socket
 import statistics
 import time
 
@@ -201,3 +203,23 @@ def test_a_model_path_without_a_model_stops_the_worker_with_one_line(procs, cons
     assert worker.proc.output().strip() == (f"error: --model-path {tmp_path}: the folder holds 2 .gguf files "
                                             "(a.Q4_1.gguf, a.Q8_0.gguf); name the one to load")
     assert not any(f"-127.0.0.1-{worker.port}" in s for s in consul.services())
+
+
+def test_the_head_reaches_the_client_while_the_model_processes_the_prompt(client, wrapper):
+    """Issue #15: the worker sends its response head once the request passed its checks (HFChatGen's
+    ACCEPTED), and the wrapper passes it on at once, so both are ready when the first token comes. Through
+    the wrapper, the client's first read is the head alone; the first token follows in a later read (a
+    ~200-token prompt takes the model a second or more). Before, head and first token came in one write."""
+    prompt = "Answer in one word: what animal is this about? " + "The quick brown fox jumps over the lazy dog. " * 20
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 2,
+                       "temperature": 0, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", wrapper.port), timeout=120) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: wrapper\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        first = conn.recv(65536)
+        rest = b""
+        while not rest.endswith(b"\r\n0\r\n\r\n") and (more := conn.recv(65536)):
+            rest += more
+    assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"\r\n\r\n"), first
+    assert b"data:" not in first, first
+    assert b'"content":' in rest and b"data: [DONE]" in rest, rest
