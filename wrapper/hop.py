@@ -343,7 +343,9 @@ class Hop:
                 if not chunk:
                     return
                 if not sse_comments_only(chunk):
-                    evented = True
+                    if not evented:  # no failover from here on: the request's body need not be held
+                        evented = True
+                        attempt.tries.body = b""
                     progress_by = loop.time() + idle
                 tail = chunk[-2:]
                 yield chunk

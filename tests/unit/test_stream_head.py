@@ -20,7 +20,7 @@ from common.settings import LimitSettings, RetrySettings, Settings, TimeoutSetti
 from generators import ACCEPTED, Generator
 from generators.echo import EchoGen
 from svc_mgr import Instance, RoutingTable
-from tests.unit.test_hop import EVENT, MODEL, Workers, in_order, relayed
+from tests.unit.test_hop import BODY, EVENT, MODEL, PATH, Workers, in_order, relayed
 from tests.unit.test_protocol import FakeTransport
 from worker.app import Worker
 from wrapper.hop import Hop
@@ -282,3 +282,23 @@ def test_when_the_instance_taking_over_refuses_the_stream_ends_with_its_error():
     out, workers, _ = through(instances, max_attempts=2)
     assert error_code_of(out) == "queue_full"  # the refusal's own error, as a whole answer would carry it
     assert workers.hits == ["dying", "busy"]
+
+
+def test_a_stream_holds_the_request_body_only_until_its_first_event():
+    async def main() -> None:
+        workers = Workers()
+        table = RoutingTable(in_order, cooldown=60)
+        table.set_service("svc", [await streaming(workers, "healthy", EVENT, EVENT)])
+        hop = Hop(table, WrapperSettings(), None)
+        await hop.start()
+        try:
+            attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
+            assert attempt.tries.body == BODY  # kept while another instance may still take the request over
+            chunks = hop.stream(attempt)
+            assert (await anext(chunks)).startswith(EVENT)
+            assert attempt.tries.body == b""  # a long stream does not keep a long prompt alive
+            await chunks.aclose()
+        finally:
+            await hop.close()
+            await workers.stop()
+    asyncio.run(main())
