@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
-from common.metrics import PREFIX, UNKNOWN
+from common.metrics import PREFIX, UNKNOWN, adder
 
 from .counters import Settlement
 
@@ -20,15 +20,16 @@ UNNAMED = "unnamed"  # the key_name label of a key configured without a name
 
 
 class _KeySeries:
-    """One key name and model's label children, bound once."""
+    """One key name and model's counters, bound once, as adders (common.metrics.adder: the value stores'
+    own `inc`, as the request metrics update theirs)."""
 
     __slots__ = ("requests", "prompt_tokens", "completion_tokens", "errors")
 
     def __init__(self, metrics: KeyMetrics, key_name: str, model: str) -> None:
-        self.requests = metrics.requests.labels(key_name, model)
-        self.prompt_tokens = metrics.prompt_tokens.labels(key_name, model)
-        self.completion_tokens = metrics.completion_tokens.labels(key_name, model)
-        self.errors = metrics.errors.labels(key_name, model)
+        self.requests = adder(metrics.requests.labels(key_name, model))
+        self.prompt_tokens = adder(metrics.prompt_tokens.labels(key_name, model))
+        self.completion_tokens = adder(metrics.completion_tokens.labels(key_name, model))
+        self.errors = adder(metrics.errors.labels(key_name, model))
 
 
 class KeyMetrics:
@@ -62,10 +63,10 @@ class KeyMetrics:
         series = self._series.get((name, model))
         if series is None:
             series = self._series[(name, model)] = _KeySeries(self, name, model)
-        series.requests.inc()
+        series.requests(1)
         if s.prompt_tokens:  # an update costs a lock (and a file write in multiprocess mode): skip the zeros
-            series.prompt_tokens.inc(s.prompt_tokens)
+            series.prompt_tokens(s.prompt_tokens)
         if s.completion_tokens:
-            series.completion_tokens.inc(s.completion_tokens)
+            series.completion_tokens(s.completion_tokens)
         if s.error:
-            series.errors.inc()
+            series.errors(1)
