@@ -150,10 +150,3 @@ def median_table(runs: list[dict], labels: dict[str, str]) -> str:
         cpu_each = ", ".join(_cell(f["cpu_us"], ".0f") for f in each)
         lines.append(f"| {label} | " + " | ".join(_median(each, key, fmt) for key, fmt in FORMATS) + f" ({cpu_each}) |")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":  # python -m bench.candidates RUN1/results.json RUN2/results.json ...: the medians
-    import json
-
-    from .report import PATH_LABEL
-    print(median_table([json.loads(Path(p).read_text()) for p in sys.argv[1:]], PATH_LABEL))

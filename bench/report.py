@@ -5,8 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from .candidates import LABELS as CANDIDATE_LABELS
-from .candidates import NAMES as CANDIDATE_NAMES
+from . import candidates
 
 PATH_ORDER = ["direct", "nginx", "wrapper", "wrapper-nometrics", "wrapper-key", "wrapper-limited", "litellm",
               "wrapper-2proc", "wrapper-cluster", "starlette-min"]
@@ -22,8 +21,8 @@ PATH_LABEL = {
     "wrapper-cluster": "wrapper (3-server Consul cluster, via a client agent) → worker",
     "starlette-min": "minimal Starlette endpoint (no worker)",
 }
-PATH_ORDER += CANDIDATE_NAMES  # --candidates (issue #13)
-PATH_LABEL.update(CANDIDATE_LABELS)
+PATH_ORDER += candidates.NAMES  # --candidates (issue #13)
+PATH_LABEL.update(candidates.LABELS)
 
 
 def _f(v, digits: int = 2) -> str:
@@ -350,5 +349,8 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+if __name__ == "__main__":  # python -m bench.report RESULTS.json | --candidates RUN1/results.json RUN2/results.json ...
+    if sys.argv[1] == "--candidates":  # issue #13's comparison, each figure the median over the runs
+        print(candidates.median_table([json.loads(Path(p).read_text()) for p in sys.argv[2:]], PATH_LABEL))
+    else:
+        print(markdown(json.loads(Path(sys.argv[1]).read_text())))

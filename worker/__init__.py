@@ -1,6 +1,7 @@
 """The worker side: one Generator behind OpenAI's endpoints, registered in Consul.
 
-    app          Worker: the FastAPI app in front of the Generator (auth by the worker secret, checks)
+    base         WorkerBase: what every endpoint builds on (the worker secret, checks, the slot, a proxy's answer)
+    app          Worker: the FastAPI app in front of the Generator (the OpenAI endpoints, the life cycle)
     observe      around each generation request: its metrics and its trace, in one place
     metrics      the worker's Prometheus series (oaw_worker_*)
     answers      the Generator's outputs as OpenAI answers and SSE events

@@ -17,7 +17,7 @@ from common.errors import InvalidRequest
 from common.http import CLIENT_CLOSED, ClientGone, Endpoint, SSEResponse, json_response, read_body, unless_disconnected
 from common.wire import Capability
 
-from .app import Worker, _started, _then
+from .base import WorkerBase, started, then
 
 T = TypeVar("T")
 TEXT = "text/plain; charset=utf-8"
@@ -36,9 +36,9 @@ class Upload:
 
 
 class MediaEndpoints:
-    """The media endpoints of one Worker, sharing its checks, concurrency limit and settings."""
+    """The media endpoints of one worker, sharing its checks, concurrency limit and settings."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerBase) -> None:
         self.worker = worker
         self.generator = worker.generator
 
@@ -65,7 +65,7 @@ class MediaEndpoints:
     async def _json(self, request: Request, capability: Capability) -> tuple[dict[str, Any], str]:
         """A JSON request's body and model, checked as the worker checks every JSON body, plus the
         endpoint's other required fields."""
-        body, model, _ = await self.worker._parse(request, capability)
+        body, model, _ = await self.worker.parse(request, capability)
         media_checks.check_required(body, capability)
         return body, model
 
@@ -77,7 +77,7 @@ class MediaEndpoints:
         body, _ = await self._json(request, Capability.SPEECH)
         release = await self.worker.limit.hold()
         try:  # a client that hangs up before the first chunk stops the Generator at once
-            chunks = await unless_disconnected(request, _started(_then(self.generator.speech_chunks(body), release)))
+            chunks = await unless_disconnected(request, started(then(self.generator.speech_chunks(body), release)))
         except ClientGone:
             release()
             return Response(status_code=CLIENT_CLOSED)
@@ -178,7 +178,7 @@ class MediaEndpoints:
         with python-multipart (Starlette's form parser) within limits.max_upload_parts parts; then the same
         checks as a JSON body: model, the file, field types, the model served and the capability."""
         worker = self.worker
-        worker._authorize(request)
+        worker.authorize(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise InvalidRequest("This endpoint takes a multipart/form-data body.", code="invalid_content_type")
         limits = worker.settings.limits

@@ -3,7 +3,7 @@ completions and embeddings: the body is checked as the wrapper checks it, then p
 (a form with its own Content-Type), and the upstream's answer comes back the same way."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,13 +13,12 @@ from common.http import Endpoint, read_body
 from common.wire import Capability
 from generators import ProxyGenerator
 
-if TYPE_CHECKING:
-    from .app import Worker
+from .base import WorkerBase
 
 RELAYED = tuple(c for c in Capability if c not in wire.LEGACY_CAPABILITIES)
 
 
-def relay_endpoints(worker: Worker) -> dict[str, Endpoint]:
+def relay_endpoints(worker: WorkerBase) -> dict[str, Endpoint]:
     """Path -> endpoint for every relayed capability; none unless the worker's Generator is a proxy."""
     proxy = worker.generator
     if not isinstance(proxy, ProxyGenerator):
@@ -28,17 +27,17 @@ def relay_endpoints(worker: Worker) -> dict[str, Endpoint]:
     def endpoint(capability: Capability) -> Endpoint:
         async def relay(request: Request) -> Response:
             body, raw, content_type = await _admit(worker, request, capability)
-            return await worker._forward(request, proxy, capability, body, raw, content_type)
+            return await worker.forward(request, proxy, capability, body, raw, content_type)
         relay.__name__ = capability.value
         return relay
 
     return {wire.PATHS[c]: endpoint(c) for c in RELAYED}
 
 
-async def _admit(worker: Worker, request: Request, capability: Capability
+async def _admit(worker: WorkerBase, request: Request, capability: Capability
                  ) -> tuple[dict[str, Any], bytes, str | None]:
     """The checked body (a form's text fields), its raw bytes and, for a form, its Content-Type."""
-    worker._authorize(request)
+    worker.authorize(request)
     limits = worker.settings.limits
     content_type = None
     if capability in wire.MULTIPART:

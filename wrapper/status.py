@@ -11,20 +11,33 @@ import os
 import time
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from common.errors import OpenAIError
 from common.http import Endpoint, json_response
-from svc_mgr import Instance
+from common.settings import Settings
+from svc_mgr import Discovery, Instance, RoutingTable
 
+from .auth import KeyRing
+from .limits import Limiter
+from .observe import Observer
 from .recent import WINDOW_SECONDS
 from .status_usage import render_usage, usage_table
 
-if TYPE_CHECKING:
-    from .app import Wrapper
+
+class StatusSource(Protocol):
+    """What the status page reads of the wrapper (wrapper.app.Wrapper, which builds the endpoints)."""
+
+    settings: Settings
+    table: RoutingTable
+    discovery: Discovery
+    observer: Observer
+    keys: KeyRing
+    limits: Limiter
+
 
 REFRESH_SECONDS = 5
 
@@ -74,7 +87,7 @@ def _instance_row(inst: Instance, check: str, routed: bool, now_wall: float, now
     }
 
 
-def status_data(wrapper: Wrapper) -> dict[str, Any]:
+def status_data(wrapper: StatusSource) -> dict[str, Any]:
     """Everything both views show, as JSON-ready data."""
     now_wall, now_mono = time.time(), time.monotonic()
     table, discovery = wrapper.table, wrapper.discovery
@@ -133,14 +146,14 @@ def status_data(wrapper: Wrapper) -> dict[str, Any]:
 
 # ---- the endpoints ---------------------------------------------------------------------------------
 
-def _authorize(wrapper: Wrapper, request: Request) -> None:
+def _authorize(wrapper: StatusSource, request: Request) -> None:
     key = wrapper.keys.authenticate(request.headers.get("authorization"))
     if key is not None and not key.admin:
         raise OpenAIError("This key may not read the status page; it needs `admin: true`.", status=403,
                           type="permission_error", code="admin_key_required")
 
 
-def status_endpoints(wrapper: Wrapper) -> tuple[Endpoint, Endpoint]:
+def status_endpoints(wrapper: StatusSource) -> tuple[Endpoint, Endpoint]:
     """(GET /status, GET /status.json) for `wrapper`."""
 
     async def page(request: Request) -> Response:
@@ -157,7 +170,7 @@ def status_endpoints(wrapper: Wrapper) -> tuple[Endpoint, Endpoint]:
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-async def _with_usage(wrapper: Wrapper, data: dict[str, Any]) -> dict[str, Any]:
+async def _with_usage(wrapper: StatusSource, data: dict[str, Any]) -> dict[str, Any]:
     """`data` with the usage by key (wrapper/status_usage.py) when the wrapper has keys."""
     if not wrapper.keys.open:
         data["usage"] = await usage_table(wrapper.limits)
