@@ -104,7 +104,8 @@ class Delta:
 # Yielded (this very object) by a stream that has checked its request and begun work that takes a while
 # before its first token (a model's prompt processing): the worker then sends the answer's HTTP head at
 # once, so whatever is in front (the wrapper, the client) gets ready during that work instead of after the
-# first token. From then on a failure ends the stream with an error event, not an HTTP status.
+# first token. From then on a failure ends the stream with an error event, not an HTTP status (the wrapper
+# still fails the request over to another instance until the first token has gone to the client).
 ACCEPTED = Delta()
 
 
