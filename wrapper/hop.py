@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import aiohttp
@@ -77,6 +78,7 @@ class Attempt:
         self.response: aiohttp.ClientResponse | None = None
         self.content: bytes | None = None  # the whole body, for answers read inside the attempt
         self.released = False
+        self.on_ok: Callable[[], None] | None = None  # counts the attempt as answered, once (`confirm`)
         instance.in_flight += 1
 
     @property
@@ -93,11 +95,19 @@ class Attempt:
         retry_after = self.response.headers.get("Retry-After") if self.response is not None else None
         return {"Retry-After": retry_after} if retry_after else {}
 
+    def confirm(self) -> None:
+        """Count the attempt as answered, once: at once for a whole answer, at a stream's first event (up to
+        which it may still fail over), or when the attempt closes unfailed."""
+        if self.on_ok is not None:
+            on_ok, self.on_ok = self.on_ok, None
+            on_ok()
+
     def close(self) -> None:
         """Free the connection (kept alive if the body was read to the end) and the in-flight slot, once."""
         if self.released:
             return
         self.released = True
+        self.confirm()
         self.instance.in_flight -= 1
         if self.response is None:
             return
@@ -201,7 +211,10 @@ class Hop:
             if isinstance(tries.last, Attempt):
                 tries.last.close()
             if observer is not None:
-                observer.attempted(model, inst, "ok")
+                if tries.whole or not attempt.content_type.startswith(SSE):
+                    observer.attempted(model, inst, "ok")
+                else:  # a stream may still fail over up to its first event: counted then (`Attempt.confirm`)
+                    attempt.on_ok = partial(observer.attempted, model, inst, "ok")
             return attempt
         if isinstance(tries.last, Attempt):
             return tries.last  # every instance was busy or failing: pass the last worker answer on
@@ -215,6 +228,7 @@ class Hop:
     def _failed(self, attempt: Attempt, exc: OpenAIError) -> None:
         """Book an attempt that failed with `exc`: its instance cools down, and `exc` is what its request
         ends with if no other attempt answers."""
+        attempt.on_ok = None
         attempt.close()
         inst, tries = attempt.instance, attempt.tries
         self.table.cool_down(inst)
@@ -346,6 +360,7 @@ class Hop:
                     if not evented:  # no failover from here on: the request's body need not be held
                         evented = True
                         attempt.tries.body = b""
+                        attempt.confirm()
                     progress_by = loop.time() + idle
                 tail = chunk[-2:]
                 yield chunk

@@ -240,7 +240,7 @@ def test_a_stream_whose_worker_dies_after_its_head_and_before_its_first_event_is
     out, workers, outcomes = through(instances)
     assert out == EVENT + DONE  # the client sees the second worker's stream, and nothing of the first
     assert workers.hits == ["dying", "healthy"]
-    assert outcomes.attempts == [("dying", "ok"), ("dying", "worker_failed"), ("healthy", "ok")]
+    assert outcomes.attempts == [("dying", "worker_failed"), ("healthy", "ok")]  # each attempt counted once
     assert outcomes.failovers == ["worker_failed"]
 
 
@@ -298,6 +298,48 @@ def test_a_stream_holds_the_request_body_only_until_its_first_event():
             assert (await anext(chunks)).startswith(EVENT)
             assert attempt.tries.body == b""  # a long stream does not keep a long prompt alive
             await chunks.aclose()
+        finally:
+            await hop.close()
+            await workers.stop()
+    asyncio.run(main())
+
+
+def test_a_streams_attempt_counts_as_answered_at_its_first_event_and_once():
+    async def main() -> None:
+        workers = Workers()
+        table = RoutingTable(in_order, cooldown=60)
+        table.set_service("svc", [await workers.start_handler("slow", head_then(0.3, EVENT))])
+        hop = Hop(table, WrapperSettings(), None)
+        hop.observer = outcomes = Outcomes()
+        await hop.start()
+        try:
+            attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
+            assert outcomes.attempts == []  # its head came, but it may still fail over
+            chunks = hop.stream(attempt)
+            assert await anext(chunks) == EVENT
+            assert outcomes.attempts == [("slow", "ok")]
+            await chunks.aclose()  # closes the attempt: not counted again
+            attempt.close()
+            assert outcomes.attempts == [("slow", "ok")]
+        finally:
+            await hop.close()
+            await workers.stop()
+    asyncio.run(main())
+
+
+def test_a_streams_attempt_closed_before_any_event_counts_as_answered():
+    """A client that leaves while the model processes the prompt: the attempt did not fail."""
+    async def main() -> None:
+        workers = Workers()
+        table = RoutingTable(in_order, cooldown=60)
+        table.set_service("svc", [await workers.start_handler("slow", head_then(5.0, EVENT))])
+        hop = Hop(table, WrapperSettings(), None)
+        hop.observer = outcomes = Outcomes()
+        await hop.start()
+        try:
+            attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
+            attempt.close()  # the response was never relayed (SSEResponse's on_close)
+            assert outcomes.attempts == [("slow", "ok")]
         finally:
             await hop.close()
             await workers.stop()
