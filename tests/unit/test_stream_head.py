@@ -208,25 +208,32 @@ async def streaming(workers: Workers, name: str, *events: bytes) -> Instance:
     return await workers.start_handler(name, handler)
 
 
-def through(instances, timeouts: TimeoutSettings | None = None, max_attempts: int = 3, **kwargs) -> tuple[bytes, Workers, Outcomes]:
-    """One stream through a Hop over the instances `instances(workers)` makes, tried in their order."""
-    async def main() -> tuple[bytes, Workers, Outcomes]:
+def with_hop(instances, scenario, timeouts: TimeoutSettings | None = None, max_attempts: int = 3, **kwargs):
+    """`scenario(hop, outcomes)` run against a Hop over the instances `instances(workers)` makes, tried in
+    their order; returns what it returned, the workers and the outcomes."""
+    async def main():
         workers = Workers()
         table = RoutingTable(in_order, cooldown=60)
         outcomes = Outcomes()
         try:
             table.set_service("svc", await instances(workers))
-            hop = Hop(table, WrapperSettings(max_attempts=max_attempts, timeouts=timeouts or TimeoutSettings(), **kwargs),
-                      None)
+            hop = Hop(table, WrapperSettings(max_attempts=max_attempts, timeouts=timeouts or TimeoutSettings(),
+                                             **kwargs), None)
             hop.observer = outcomes
             await hop.start()
             try:
-                return await relayed(hop), workers, outcomes
+                return await scenario(hop, outcomes), workers, outcomes
             finally:
                 await hop.close()
         finally:
             await workers.stop()
     return asyncio.run(main())
+
+
+def through(instances, timeouts: TimeoutSettings | None = None, max_attempts: int = 3,
+            **kwargs) -> tuple[bytes, Workers, Outcomes]:
+    """One stream relayed through a Hop over the instances `instances(workers)` makes."""
+    return with_hop(instances, lambda hop, outcomes: relayed(hop), timeouts, max_attempts, **kwargs)
 
 
 def error_code_of(out: bytes) -> str:
@@ -285,62 +292,42 @@ def test_when_the_instance_taking_over_refuses_the_stream_ends_with_its_error():
 
 
 def test_a_stream_holds_the_request_body_only_until_its_first_event():
-    async def main() -> None:
-        workers = Workers()
-        table = RoutingTable(in_order, cooldown=60)
-        table.set_service("svc", [await streaming(workers, "healthy", EVENT, EVENT)])
-        hop = Hop(table, WrapperSettings(), None)
-        await hop.start()
-        try:
-            attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
-            assert attempt.tries.body == BODY  # kept while another instance may still take the request over
-            chunks = hop.stream(attempt)
-            assert (await anext(chunks)).startswith(EVENT)
-            assert attempt.tries.body == b""  # a long stream does not keep a long prompt alive
-            await chunks.aclose()
-        finally:
-            await hop.close()
-            await workers.stop()
-    asyncio.run(main())
+    async def instances(workers):
+        return [await streaming(workers, "healthy", EVENT, EVENT)]
+
+    async def scenario(hop, outcomes):
+        attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
+        assert attempt.tries.body == BODY  # kept while another instance may still take the request over
+        chunks = hop.stream(attempt)
+        assert (await anext(chunks)).startswith(EVENT)
+        assert attempt.tries.body == b""  # a long stream does not keep a long prompt alive
+        await chunks.aclose()
+    with_hop(instances, scenario)
 
 
 def test_a_streams_attempt_counts_as_answered_at_its_first_event_and_once():
-    async def main() -> None:
-        workers = Workers()
-        table = RoutingTable(in_order, cooldown=60)
-        table.set_service("svc", [await workers.start_handler("slow", head_then(0.3, EVENT))])
-        hop = Hop(table, WrapperSettings(), None)
-        hop.observer = outcomes = Outcomes()
-        await hop.start()
-        try:
-            attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
-            assert outcomes.attempts == []  # its head came, but it may still fail over
-            chunks = hop.stream(attempt)
-            assert await anext(chunks) == EVENT
-            assert outcomes.attempts == [("slow", "ok")]
-            await chunks.aclose()  # closes the attempt: not counted again
-            attempt.close()
-            assert outcomes.attempts == [("slow", "ok")]
-        finally:
-            await hop.close()
-            await workers.stop()
-    asyncio.run(main())
+    async def instances(workers):
+        return [await workers.start_handler("slow", head_then(0.3, EVENT))]
+
+    async def scenario(hop, outcomes):
+        attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
+        assert outcomes.attempts == []  # its head came, but it may still fail over
+        chunks = hop.stream(attempt)
+        assert await anext(chunks) == EVENT
+        assert outcomes.attempts == [("slow", "ok")]
+        await chunks.aclose()  # closes the attempt: not counted again
+        attempt.close()
+        assert outcomes.attempts == [("slow", "ok")]
+    with_hop(instances, scenario)
 
 
 def test_a_streams_attempt_closed_before_any_event_counts_as_answered():
     """A client that leaves while the model processes the prompt: the attempt did not fail."""
-    async def main() -> None:
-        workers = Workers()
-        table = RoutingTable(in_order, cooldown=60)
-        table.set_service("svc", [await workers.start_handler("slow", head_then(5.0, EVENT))])
-        hop = Hop(table, WrapperSettings(), None)
-        hop.observer = outcomes = Outcomes()
-        await hop.start()
-        try:
-            attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
-            attempt.close()  # the response was never relayed (SSEResponse's on_close)
-            assert outcomes.attempts == [("slow", "ok")]
-        finally:
-            await hop.close()
-            await workers.stop()
-    asyncio.run(main())
+    async def instances(workers):
+        return [await workers.start_handler("slow", head_then(1.0, EVENT))]
+
+    async def scenario(hop, outcomes):
+        attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
+        attempt.close()  # the response was never relayed (SSEResponse's on_close)
+        assert outcomes.attempts == [("slow", "ok")]
+    with_hop(instances, scenario)
