@@ -305,10 +305,14 @@ def test_a_stream_holds_the_request_body_only_until_its_first_event():
     with_hop(instances, scenario)
 
 
-def test_a_streams_attempt_counts_as_answered_at_its_first_event_and_once():
+def slow_worker(pause: float):
+    """`instances` for with_hop: one worker, "slow", sending its head at once and EVENT after `pause`."""
     async def instances(workers):
-        return [await workers.start_handler("slow", head_then(0.3, EVENT))]
+        return [await workers.start_handler("slow", head_then(pause, EVENT))]
+    return instances
 
+
+def test_a_streams_attempt_counts_as_answered_at_its_first_event_and_once():
     async def scenario(hop, outcomes):
         attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
         assert outcomes.attempts == []  # its head came, but it may still fail over
@@ -318,16 +322,13 @@ def test_a_streams_attempt_counts_as_answered_at_its_first_event_and_once():
         await chunks.aclose()  # closes the attempt: not counted again
         attempt.close()
         assert outcomes.attempts == [("slow", "ok")]
-    with_hop(instances, scenario)
+    with_hop(slow_worker(0.3), scenario)
 
 
 def test_a_streams_attempt_closed_before_any_event_counts_as_answered():
     """A client that leaves while the model processes the prompt: the attempt did not fail."""
-    async def instances(workers):
-        return [await workers.start_handler("slow", head_then(1.0, EVENT))]
-
     async def scenario(hop, outcomes):
         attempt = await hop.open(MODEL, PATH, BODY, "rid", whole=False)
         attempt.close()  # the response was never relayed (SSEResponse's on_close)
         assert outcomes.attempts == [("slow", "ok")]
-    with_hop(instances, scenario)
+    with_hop(slow_worker(1.0), scenario)
