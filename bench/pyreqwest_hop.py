@@ -122,11 +122,13 @@ class PyreqwestHop(Hop):
         if self._client is not None:
             await self._client.close()
 
-    async def _send(self, attempt: Attempt, path: str, body: bytes, request_id: str, whole: bool,
-                    content_type: str | None = None) -> None:
+    async def _send(self, attempt: Attempt) -> None:
         assert self._client is not None
-        builder = (self._client.post(attempt.instance.base_url + path)
-                   .headers(self._headers(request_id, content_type, attempt.instance)).body_bytes(body))
+        tries = attempt.tries
+        whole = tries.whole
+        builder = (self._client.post(attempt.instance.base_url + tries.path)
+                   .headers(self._headers(tries.request_id, tries.content_type, attempt.instance))
+                   .body_bytes(tries.body))
         first_byte = self.timeouts.connect + self.timeouts.first_byte
         try:
             async with asyncio.timeout(self._remaining(attempt.deadline, first_byte)):
@@ -165,9 +167,8 @@ class JsonPyreqwestHop(PyreqwestHop):
         if self._client is not None:
             await self._client.close()
 
-    async def _send(self, attempt: Attempt, path: str, body: bytes, request_id: str, whole: bool,
-                    content_type: str | None = None) -> None:
-        if whole:
-            await super()._send(attempt, path, body, request_id, whole, content_type)
+    async def _send(self, attempt: Attempt) -> None:
+        if attempt.tries.whole:
+            await super()._send(attempt)
         else:
-            await Hop._send(self, attempt, path, body, request_id, whole, content_type)
+            await Hop._send(self, attempt)

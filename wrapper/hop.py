@@ -191,7 +191,7 @@ class Hop:
             tries.tried.append(inst)
             attempt = Attempt(inst, tries)
             try:
-                await self._send(attempt, tries.path, tries.body, tries.request_id, tries.whole, tries.content_type)
+                await self._send(attempt)
             except OpenAIError as exc:
                 self._failed(attempt, exc)
                 continue
@@ -262,16 +262,19 @@ class Hop:
             return stale
         return attempt.status in RETRY_STATUSES
 
-    async def _send(self, attempt: Attempt, path: str, body: bytes, request_id: str, whole: bool,
-                    content_type: str | None = None) -> None:
+    async def _send(self, attempt: Attempt) -> None:
+        """Send the request of `attempt.tries` to its instance; wait for the answer's head (a whole answer:
+        all of it)."""
         assert self._session is not None
+        tries = attempt.tries
         try:
             # aiohttp enforces the connect timeout; the first-byte clock starts once connected
             first_byte = self.timeouts.connect + self.timeouts.first_byte
             attempt.first_byte_by = min(asyncio.get_running_loop().time() + first_byte, attempt.deadline)
             async with asyncio.timeout_at(attempt.first_byte_by):
-                attempt.response = await self._session.post(attempt.instance.base_url + path, data=body,
-                                                             headers=self._headers(request_id, content_type, attempt.instance))
+                attempt.response = await self._session.post(
+                    attempt.instance.base_url + tries.path, data=tries.body,
+                    headers=self._headers(tries.request_id, tries.content_type, attempt.instance))
         except aiohttp.ConnectionTimeoutError:
             raise GatewayTimeout("Connecting to the worker timed out.", code="connect_timeout") from None
         except TimeoutError:
@@ -281,7 +284,7 @@ class Hop:
             raise BadGateway("The worker could not be reached.", code="worker_unreachable") from None
         except _CONNECT_FAILURES:  # reset or closed once connected: the worker may have read the request
             raise BadGateway("The worker closed the connection without answering.", code="worker_failed") from None
-        if whole or attempt.status == 404:  # a 404's body tells a stale instance from other 404s
+        if tries.whole or attempt.status == 404:  # a 404's body tells a stale instance from other 404s
             attempt.content = await self._read_body(attempt)
 
     async def _read_body(self, attempt: Attempt) -> bytes:
